@@ -1,0 +1,124 @@
+"""The composition root: the only place that builds concrete objects and wires them together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy import __version__
+from proxy.config import Settings, UpstreamSettings
+from proxy.endpoints.base import api_base
+from proxy.endpoints.blobs import get_blob
+from proxy.endpoints.fallback import not_found_or_unsupported
+from proxy.endpoints.manifests import get_manifest
+from proxy.endpoints.tags import list_tags
+from proxy.errors import RegistryError
+from proxy.middleware import ApiVersionHeaderMiddleware
+from proxy.pullthrough.blobs import BlobService
+from proxy.pullthrough.manifests import ManifestService
+from proxy.pullthrough.tags import TagService
+from proxy.responses import error_response
+from proxy.routing import Origin, Router
+from proxy.services import Services
+from proxy.upstream.auth import RegistryAuth
+from proxy.upstream.client import UpstreamRegistry
+from storage.blobs import FilesystemBlobStore
+from storage.index import FilesystemIndex
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The ASGI app. ``transport`` replaces the network for every upstream request (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        async with AsyncExitStack() as stack:
+            root = settings.storage.root.resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            blobs = FilesystemBlobStore(root)
+            removed = await blobs.sweep()
+            if removed:
+                log.info("removed %d unfinished cache files left by an earlier run", removed)
+            origins = []
+            for upstream in settings.upstreams:
+                remote = _upstream_registry(upstream, transport)
+                stack.push_async_callback(remote.aclose)
+                origins.append(Origin(upstream.registry, remote, upstream.tag_ttl))
+            services = Services(
+                router=Router(origins),
+                blobs=BlobService(blobs),
+                manifests=ManifestService(blobs, FilesystemIndex(root)),
+                tags=TagService(),
+            )
+            log.info("cache at %s; upstreams: %s", root, ", ".join(f"{o.registry}" for o in origins))
+            yield {"services": services}
+
+    routes = [
+        Route("/v2/", api_base, methods=["GET"]),
+        Route("/v2/{name:path}/manifests/{reference}", get_manifest, methods=["GET"]),
+        Route("/v2/{name:path}/blobs/{digest}", get_blob, methods=["GET"]),
+        Route("/v2/{name:path}/tags/list", list_tags, methods=["GET"]),
+        Route("/v2/{path:path}", not_found_or_unsupported, methods=_ALL_METHODS),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiVersionHeaderMiddleware)],
+        exception_handlers={
+            RegistryError: _registry_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    # "/v2/x/blobs/uploads/" must reach the fallback (405), not be redirected to a path without the slash.
+    app.router.redirect_slashes = False
+    return app
+
+
+def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
+    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout, pool=upstream.connect_timeout)
+    headers = {"User-Agent": f"registry-proxy/{__version__}"}
+    token_client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
+    auth = RegistryAuth(upstream.url, token_client, upstream.username, upstream.password)
+    client = httpx.AsyncClient(
+        base_url=upstream.url,
+        auth=auth,
+        timeout=timeout,
+        # The bytes we hash and store must be the bytes the registry holds, so never let anything decode.
+        headers={**headers, "Accept-Encoding": "identity"},
+        transport=transport,
+    )
+    return UpstreamRegistry(upstream.registry, client, token_client)
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return error_response(exc, head=request.method == "HEAD")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error = RegistryError.unsupported()
+    else:
+        error = RegistryError(exc.status_code, "NOT_FOUND" if exc.status_code == 404 else "UNKNOWN", str(exc.detail))
+    return error_response(error, head=request.method == "HEAD")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # A bug, not a client error: the client still gets the registry envelope, the log gets the traceback.
+    return error_response(RegistryError(500, "UNKNOWN", "internal error"), head=request.method == "HEAD")

@@ -1,0 +1,201 @@
+"""Settings, read once from a TOML file (or embedded defaults) and then immutable.
+
+Nothing here touches the environment at import time: :func:`load` is called by the CLI, and tests build
+:class:`Settings` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from storage.references import is_registry
+
+__all__ = ["ConfigError", "ServerSettings", "Settings", "StorageSettings", "UpstreamSettings", "load", "parse_duration"]
+
+DOCKER_HUB = "docker.io"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message that names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = 5000
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    root: Path = Path("registry-proxy-cache")
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    registry: str = DOCKER_HUB
+    url: str = "https://registry-1.docker.io"
+    tag_ttl: float = 300.0
+    username: str | None = None
+    # The secret itself, resolved from password_env / password_file at load time; never from the file.
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    upstreams: tuple[UpstreamSettings, ...] = (UpstreamSettings(),)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"30s"``, ``"5m"``, ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as 30, "30s", "5m" or "1h"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(f'expected a duration such as 30, "30s", "5m" or "1h", got {value!r}')
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``path``, or the embedded defaults (Docker Hub, cache in ./registry-proxy-cache)."""
+    if path is None:
+        return Settings()
+    env = dict(os.environ) if environ is None else environ
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return _Reader(str(path), env).settings(raw)
+
+
+class _Reader:
+    """Turns the parsed TOML into Settings, naming the file and key in every error."""
+
+    def __init__(self, source: str, env: dict[str, str]) -> None:
+        self._source = source
+        self._env = env
+
+    def _fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self._source}: {key}: {message}")
+
+    def _table(self, raw: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise self._fail(key, "expected a table")
+        for name in value:
+            if name not in allowed:
+                raise self._fail(f"{key}.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def _get(self, table: dict[str, Any], prefix: str, name: str, kind: type, default: Any) -> Any:
+        value = table.get(name, default)
+        if value is default:
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise self._fail(f"{prefix}.{name}", f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def _duration(self, table: dict[str, Any], prefix: str, name: str, default: float) -> float:
+        if name not in table:
+            return default
+        try:
+            return parse_duration(table[name])
+        except ValueError as exc:
+            raise self._fail(f"{prefix}.{name}", str(exc)) from None
+
+    def settings(self, raw: dict[str, Any]) -> Settings:
+        for name in raw:
+            if name not in ("server", "storage", "upstreams"):
+                raise self._fail(name, "unknown key (allowed: server, storage, upstreams)")
+        server = self._table(raw, "server", {"host", "port"})
+        port = self._get(server, "server", "port", int, ServerSettings.port)
+        if not 0 < port < 65536:
+            raise self._fail("server.port", f"must be between 1 and 65535, got {port}")
+        storage = self._table(raw, "storage", {"root"})
+        root = self._get(storage, "storage", "root", str, None)
+        upstreams_raw = raw.get("upstreams", [{}])
+        if not isinstance(upstreams_raw, list) or not upstreams_raw:
+            raise self._fail("upstreams", "expected one or more [[upstreams]] tables")
+        upstreams = tuple(self._upstream(entry, i) for i, entry in enumerate(upstreams_raw))
+        seen: set[str] = set()
+        for i, upstream in enumerate(upstreams):
+            if upstream.registry in seen:
+                raise self._fail(f"upstreams[{i}].registry", f"{upstream.registry!r} is configured twice")
+            seen.add(upstream.registry)
+        return Settings(
+            server=ServerSettings(host=self._get(server, "server", "host", str, ServerSettings.host), port=port),
+            storage=StorageSettings(root=Path(root) if root is not None else StorageSettings.root),
+            upstreams=upstreams,
+        )
+
+    def _upstream(self, entry: Any, index: int) -> UpstreamSettings:
+        prefix = f"upstreams[{index}]"
+        allowed = {
+            "registry", "url", "tag_ttl", "username", "password_env", "password_file",
+            "connect_timeout", "read_timeout",
+        }  # fmt: skip
+        table = self._table({prefix: entry}, prefix, allowed)
+        defaults = UpstreamSettings()
+        registry = self._get(table, prefix, "registry", str, defaults.registry).lower()
+        if not is_registry(registry):
+            raise self._fail(f"{prefix}.registry", f"not a registry host name: {registry!r}")
+        url = self._get(table, prefix, "url", str, defaults.url if registry == DOCKER_HUB else None)
+        if url is None:
+            raise self._fail(f"{prefix}.url", f"required for registry {registry!r}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
+            raise self._fail(f"{prefix}.url", f"expected http(s)://host[:port], got {url!r}")
+        username = self._get(table, prefix, "username", str, None)
+        password = self._password(table, prefix)
+        if password is not None and username is None:
+            raise self._fail(f"{prefix}.username", "a password is configured but no username")
+        return UpstreamSettings(
+            registry=registry,
+            url=url.rstrip("/"),
+            tag_ttl=self._duration(table, prefix, "tag_ttl", defaults.tag_ttl),
+            username=username,
+            password=password,
+            connect_timeout=self._duration(table, prefix, "connect_timeout", defaults.connect_timeout),
+            read_timeout=self._duration(table, prefix, "read_timeout", defaults.read_timeout),
+        )
+
+    def _password(self, table: dict[str, Any], prefix: str) -> str | None:
+        env_name = self._get(table, prefix, "password_env", str, None)
+        file_name = self._get(table, prefix, "password_file", str, None)
+        if env_name is not None and file_name is not None:
+            raise self._fail(f"{prefix}.password_env", "set password_env or password_file, not both")
+        if env_name is not None:
+            if env_name not in self._env:
+                raise self._fail(f"{prefix}.password_env", f"environment variable {env_name} is not set")
+            return self._env[env_name]
+        if file_name is not None:
+            try:
+                return Path(file_name).read_text().strip()
+            except OSError as exc:
+                raise self._fail(f"{prefix}.password_file", f"cannot read {file_name}: {exc.strerror}") from None
+        return None

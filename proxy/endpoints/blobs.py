@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.endpoints.references import parse_digest
+from proxy.ranges import parse_range
+from proxy.responses import BlobResponse
+from proxy.services import services
+
+__all__ = ["get_blob"]
+
+
+async def get_blob(request: Request) -> Response:
+    svc = services(request)
+    origin, repository = svc.router.resolve(request.path_params["name"])
+    digest = parse_digest(request.path_params["digest"])
+    if request.method == "HEAD":
+        # Answered from the cache or an upstream HEAD: a HEAD never starts a download.
+        return BlobResponse(digest, await svc.blobs.stat(origin, repository, digest), None)
+    source = await svc.blobs.open(origin, repository, digest)
+    size = source.size
+    # When the upstream did not announce a size, a range cannot be checked: the whole blob is sent (200).
+    byte_range = parse_range(request.headers.get("range"), size) if size is not None else None
+    return BlobResponse(digest, size, source, byte_range)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.endpoints.references import parse_reference
+from proxy.media_types import Accept
+from proxy.responses import manifest_response
+from proxy.services import services
+
+__all__ = ["get_manifest"]
+
+
+async def get_manifest(request: Request) -> Response:
+    svc = services(request)
+    origin, repository = svc.router.resolve(request.path_params["name"])
+    reference = parse_reference(request.path_params["reference"])
+    accept = Accept.parse(request.headers.getlist("accept"))
+    if isinstance(reference, str):
+        manifest = await svc.manifests.by_tag(origin, repository, reference, accept)
+    else:
+        manifest = await svc.manifests.by_digest(origin, repository, reference, accept)
+    if request.headers.get("if-none-match") == f'"{manifest.digest}"':
+        return Response(status_code=304, headers={"ETag": f'"{manifest.digest}"'})
+    return manifest_response(manifest, head=request.method == "HEAD")

@@ -1,0 +1,49 @@
+"""Manifest media types and ``Accept`` negotiation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MANIFEST_MEDIA_TYPES", "Accept", "base_media_type"]
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+# Sent upstream when a client names no manifest type: without an explicit list, registries fall back
+# to schema1 or refuse OCI content (httpx's default is "*/*", which Distribution ignores).
+MANIFEST_MEDIA_TYPES: tuple[str, ...] = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+
+
+def base_media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` → ``application/json``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The manifest types a client named (q-values ignored, as Distribution does) and whether it added a wildcard."""
+
+    types: tuple[str, ...] = ()
+    wildcard: bool = False
+
+    @classmethod
+    def parse(cls, values: list[str]) -> Accept:
+        types: list[str] = []
+        wildcard = False
+        for value in values:
+            for part in value.split(","):
+                media_type = base_media_type(part)
+                if "*" in media_type:
+                    wildcard = True
+                elif media_type and media_type not in types:
+                    types.append(media_type)
+        return cls(tuple(types), wildcard)
+
+    def allows(self, media_type: str) -> bool:
+        return self.wildcard or not self.types or media_type in self.types
+
+    def upstream(self) -> tuple[str, ...]:
+        """What to ask the upstream for: the client's own list, or every manifest type we serve."""
+        return self.types or MANIFEST_MEDIA_TYPES

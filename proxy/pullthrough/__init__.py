@@ -1,0 +1,1 @@
+"""Pull-through logic: cache first, upstream on a miss. Returns data and byte streams, never HTTP responses."""

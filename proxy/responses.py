@@ -1,0 +1,96 @@
+"""Responses for manifests (exact upstream bytes), blobs (streamed) and registry errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from proxy.errors import RegistryError
+from proxy.pullthrough.blobs import BlobSource
+from proxy.pullthrough.fill import FillFailed
+from proxy.pullthrough.manifests import Manifest
+from storage.digest import Digest
+
+__all__ = ["BlobResponse", "error_response", "manifest_response"]
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: RegistryError, head: bool = False) -> Response:
+    body = error.body()
+    headers = {**error.headers, "Content-Length": str(len(body))}
+    return Response(b"" if head else body, error.status, headers, media_type="application/json")
+
+
+def manifest_response(manifest: Manifest, head: bool) -> Response:
+    headers = {
+        "Docker-Content-Digest": str(manifest.digest),
+        "ETag": f'"{manifest.digest}"',
+        "Content-Length": str(len(manifest.body)),
+    }
+    # HEAD must still announce the real length: containerd needs Content-Length with the digest.
+    return Response(b"" if head else manifest.body, 200, headers, media_type=manifest.media_type)
+
+
+class BlobResponse(Response):
+    """Streams a blob, or one range of it; cuts the connection if the source fails part-way."""
+
+    def __init__(
+        self,
+        digest: Digest,
+        size: int | None,
+        source: BlobSource | None,
+        byte_range: tuple[int, int] | None = None,
+    ) -> None:
+        headers = {
+            "Docker-Content-Digest": str(digest),
+            "ETag": f'"{digest}"',
+            "Accept-Ranges": "bytes",
+            # Content-addressed: the bytes behind this URL can never change.
+            "Cache-Control": "max-age=31536000",
+        }
+        status = 200
+        if byte_range is not None and size is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1] - 1}/{size}"
+            headers["Content-Length"] = str(byte_range[1] - byte_range[0])
+        elif size is not None:
+            headers["Content-Length"] = str(size)
+        super().__init__(None, status, headers, media_type="application/octet-stream")
+        if size is None:
+            # Unknown size (the upstream streamed it chunked): let the server use chunked encoding too.
+            self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._digest = digest
+        self._source = source
+        self._range = byte_range
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if self._source is None or scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        start, end = self._range if self._range is not None else (0, None)
+        disconnected = asyncio.create_task(_wait_for_disconnect(receive))
+        try:
+            async with aclosing(self._source.stream(start, end)) as chunks:
+                async for chunk in chunks:
+                    if disconnected.done():
+                        return
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except FillFailed as exc:
+            # Returning without finishing the body makes the server close the connection before the
+            # announced length: the client sees a failed transfer, never a short or corrupt "success".
+            log.error("cutting response for %s: %s", self._digest, exc)
+            return
+        finally:
+            disconnected.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,28 @@
+"""The objects request handlers work with, built once by the app factory and kept in lifespan state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from proxy.pullthrough.blobs import BlobService
+from proxy.pullthrough.manifests import ManifestService
+from proxy.pullthrough.tags import TagService
+from proxy.routing import Router
+
+__all__ = ["Services", "services"]
+
+
+@dataclass(frozen=True)
+class Services:
+    router: Router
+    blobs: BlobService
+    manifests: ManifestService
+    tags: TagService
+
+
+def services(request: Request) -> Services:
+    found = request.state.services
+    assert isinstance(found, Services)
+    return found

@@ -1,0 +1,195 @@
+"""Registry token auth (Docker Hub style) and plain Basic auth, as an ``httpx.Auth`` flow.
+
+Tokens are cached per (realm, service, scope) until they expire and are shared by every request and
+client of the upstream; concurrent requests for the same scope wait for one token fetch. Credentials are
+only ever sent to the upstream itself or to a token realm on the same site, never across a redirect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+from proxy.errors import RegistryError
+from proxy.upstream.challenge import Challenge, parse_challenges
+
+__all__ = ["RegistryAuth", "realm_allowed", "scope_for_path"]
+
+log = logging.getLogger(__name__)
+
+_REPOSITORY_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]+")
+
+# Docker's own client treats shorter lifetimes as 60 s; the token spec's default is 60 s too.
+_MIN_TOKEN_LIFETIME = 60.0
+# Renew a little early so that a token never expires between being picked and being checked upstream.
+_RENEW_MARGIN = 0.1
+
+
+def scope_for_path(path: str) -> str | None:
+    match = _REPOSITORY_PATH.fullmatch(path)
+    return f"repository:{match.group(1)}:pull" if match else None
+
+
+def realm_allowed(upstream_host: str, realm_host: str) -> bool:
+    """Whether credentials for ``upstream_host`` may go to a token realm on ``realm_host``.
+
+    Same host, or the same registrable domain approximated by the last two labels (registry-1.docker.io
+    and auth.docker.io); an IP address must match exactly.
+    """
+    upstream_host, realm_host = upstream_host.lower(), realm_host.lower()
+    if upstream_host == realm_host:
+        return True
+    if _is_ip(upstream_host) or _is_ip(realm_host):
+        return False
+    upstream_site = upstream_host.split(".")[-2:]
+    return len(upstream_site) == 2 and realm_host.split(".")[-2:] == upstream_site
+
+
+def _is_ip(host: str) -> bool:
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    expires: float  # on the monotonic clock
+
+
+class RegistryAuth(httpx.Auth):
+    def __init__(
+        self,
+        upstream_url: str,
+        token_client: httpx.AsyncClient,
+        username: str | None = None,
+        password: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._host = urlsplit(upstream_url).hostname or ""
+        self._token_client = token_client
+        self._username = username
+        self._basic = _basic_header(username, password) if username is not None and password is not None else None
+        self._clock = clock
+        self._bearer: Challenge | None = None  # the upstream's Bearer challenge, once seen
+        self._basic_only = False
+        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.token_fetches = 0
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        scope = scope_for_path(request.url.path)
+        sent: _Token | None = None
+        if self._basic_only and self._basic is not None:
+            request.headers["Authorization"] = self._basic
+        elif self._bearer is not None and scope is not None:
+            # Known upstream: authorize up front instead of paying a 401 round trip on every request.
+            sent = await self._token(self._bearer, scope)
+            request.headers["Authorization"] = f"Bearer {sent.value}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
+        if bearer is not None:
+            self._bearer = Challenge("bearer", {k: v for k, v in bearer.params.items() if k != "scope"})
+            scope = bearer.params.get("scope") or scope or ""
+            if sent is not None:
+                # The upstream refused a token we thought valid (revoked, clock skew): fetch a new one once.
+                self._forget(self._bearer, scope, sent)
+            token = await self._token(self._bearer, scope)
+            request.headers["Authorization"] = f"Bearer {token.value}"
+            yield request
+        elif any(c.scheme == "basic" for c in challenges) and self._basic is not None and not self._basic_only:
+            self._basic_only = True
+            request.headers["Authorization"] = self._basic
+            yield request
+
+    def _key(self, challenge: Challenge, scope: str) -> tuple[str, str, str]:
+        return challenge.params["realm"], challenge.params.get("service", ""), scope
+
+    def _forget(self, challenge: Challenge, scope: str, token: _Token) -> None:
+        key = self._key(challenge, scope)
+        if self._tokens.get(key) is token:
+            del self._tokens[key]
+
+    async def _token(self, challenge: Challenge, scope: str) -> _Token:
+        key = self._key(challenge, scope)
+        cached = self._tokens.get(key)
+        if cached is not None and cached.expires > self._clock():
+            return cached
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(key)
+            if cached is not None and cached.expires > self._clock():
+                return cached
+            token = await self._fetch(challenge, scope)
+            self._tokens[key] = token
+            return token
+
+    async def _fetch(self, challenge: Challenge, scope: str) -> _Token:
+        realm = challenge.params["realm"]
+        parts = urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError.bad_gateway(f"upstream {self._host} sent an unusable token realm")
+        params: dict[str, str] = {}
+        if challenge.params.get("service"):
+            params["service"] = challenge.params["service"]
+        if scope:
+            params["scope"] = scope
+        headers: dict[str, str] = {}
+        if self._basic is not None and realm_allowed(self._host, parts.hostname):
+            headers["Authorization"] = self._basic
+            if self._username:
+                params["account"] = self._username
+        elif self._basic is not None:
+            log.warning("withholding credentials for %s from token realm %s (another site)", self._host, parts.hostname)
+        started = self._clock()
+        try:
+            response = await self._token_client.get(realm, params=params, headers=headers)
+        except httpx.TimeoutException:
+            raise RegistryError.gateway_timeout(f"token service of {self._host} timed out") from None
+        except httpx.TransportError as exc:
+            why = f"token service of {self._host} unreachable: {type(exc).__name__}"
+            raise RegistryError.unavailable(why) from None
+        self.token_fetches += 1
+        if response.status_code in (401, 403):
+            raise RegistryError.unauthorized(f"token service of {self._host} rejected the configured credentials")
+        if response.status_code != 200:
+            raise RegistryError.bad_gateway(f"token service of {self._host} answered {response.status_code}")
+        try:
+            body = response.json()
+            value = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            value = None
+        if not isinstance(value, str) or not value:
+            raise RegistryError.bad_gateway(f"token service of {self._host} sent no token")
+        return _Token(value, started + _lifetime(body) * (1 - _RENEW_MARGIN))
+
+
+def _lifetime(body: dict[str, object]) -> float:
+    expires_in = body.get("expires_in")
+    lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 0.0
+    lifetime = max(lifetime, _MIN_TOKEN_LIFETIME)
+    issued_at = body.get("issued_at")
+    if isinstance(issued_at, str):
+        # A token handed out from a cache may be older than its response; trust issued_at only when it is
+        # plausible, since the two clocks may disagree.
+        try:
+            age = time.time() - datetime.fromisoformat(issued_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            age = 0.0
+        if 0.0 < age < lifetime:
+            lifetime -= age
+    return lifetime
+
+
+def _basic_header(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")

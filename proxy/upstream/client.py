@@ -1,0 +1,238 @@
+"""One upstream registry's read API: manifests, blobs and tags, with errors mapped to registry errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from proxy.errors import RegistryError
+from proxy.media_types import Accept, base_media_type
+from storage.digest import Digest, InvalidDigest
+
+__all__ = ["BlobDownload", "FetchedManifest", "ManifestHead", "TagPage", "UpstreamRegistry", "MAX_MANIFEST_SIZE"]
+
+log = logging.getLogger(__name__)
+
+# containerd refuses manifests over ~4.4 MB; no real manifest comes near. Bounding it keeps a hostile or
+# broken upstream from making us buffer an arbitrary amount of memory.
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: Digest | None
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class TagPage:
+    body: bytes
+    link: str | None
+
+
+class BlobDownload:
+    """An open upstream blob response; iterate the raw (undecoded) bytes, then close."""
+
+    def __init__(self, response: httpx.Response, size: int | None, offset: int) -> None:
+        self._response = response
+        self.size = size  # of the whole blob, when the upstream said
+        self.offset = offset
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.aiter_raw()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class UpstreamRegistry:
+    def __init__(self, registry: str, client: httpx.AsyncClient, token_client: httpx.AsyncClient) -> None:
+        self.registry = registry
+        self._client = client
+        self._token_client = token_client
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        await self._token_client.aclose()
+
+    async def head_manifest(self, repository: str, reference: str, accept: Accept) -> ManifestHead:
+        response = await self._send("HEAD", f"/v2/{repository}/manifests/{reference}", _accept(accept), what=reference)
+        await response.aclose()
+        digest = _header_digest(response)
+        size = _content_length(response)
+        return ManifestHead(digest, base_media_type(response.headers.get("content-type", "")), size)
+
+    async def get_manifest(self, repository: str, reference: str, accept: Accept) -> FetchedManifest:
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self._send("GET", path, _accept(accept), what=reference)
+        try:
+            body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"manifest {repository}:{reference}", raw=True)
+        finally:
+            await response.aclose()
+        computed = Digest.of(body)
+        announced = _header_digest(response)
+        if announced is not None and announced.algorithm == "sha256" and announced != computed:
+            raise RegistryError.bad_gateway(f"upstream manifest {repository}:{reference} does not match its digest")
+        media_type = base_media_type(response.headers.get("content-type", "")) or _embedded_media_type(body)
+        if not media_type:
+            raise RegistryError.bad_gateway(f"upstream manifest {repository}:{reference} has no media type")
+        return FetchedManifest(computed, media_type, body)
+
+    async def head_blob(self, repository: str, digest: Digest) -> int | None:
+        response = await self._send("HEAD", f"/v2/{repository}/blobs/{digest}", {}, what=str(digest), redirects=True)
+        await response.aclose()
+        return _content_length(response)
+
+    async def open_blob(self, repository: str, digest: Digest, offset: int = 0) -> BlobDownload:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        path = f"/v2/{repository}/blobs/{digest}"
+        response = await self._send("GET", path, headers, what=str(digest), redirects=True)
+        if offset and response.status_code != 206:
+            await response.aclose()
+            raise RegistryError.bad_gateway(f"upstream ignored a range request for {digest}")
+        size = _total_size(response) if offset else _content_length(response)
+        return BlobDownload(response, size, offset)
+
+    async def get_tags(self, repository: str, n: int | None, last: str | None) -> TagPage:
+        params: dict[str, str] = {}
+        if n is not None:
+            params["n"] = str(n)
+        if last is not None:
+            params["last"] = last
+        path = f"/v2/{repository}/tags/list"
+        headers = {"Accept": "application/json"}
+        response = await self._send("GET", path, headers, what=repository, params=params)
+        try:
+            body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"tag list of {repository}")
+        finally:
+            await response.aclose()
+        return TagPage(body, response.headers.get("link"))
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        what: str,
+        params: dict[str, str] | None = None,
+        redirects: bool = False,
+    ) -> httpx.Response:
+        """A successful response, still open (the caller reads and closes it), or a raised RegistryError."""
+        request = self._client.build_request(method, path, headers=headers, params=params)
+        try:
+            response = await self._client.send(request, stream=True, follow_redirects=redirects)
+        except httpx.TimeoutException:
+            raise RegistryError.gateway_timeout(f"upstream {self.registry} timed out") from None
+        except (httpx.ConnectError, httpx.NetworkError) as exc:
+            raise RegistryError.unavailable(f"upstream {self.registry} unreachable: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise RegistryError.bad_gateway(f"upstream {self.registry} failed: {type(exc).__name__}") from None
+        if 200 <= response.status_code < 300:
+            return response
+        body = b""
+        try:
+            body = await _read_bounded(response, 64 * 1024, "error body")
+        except (RegistryError, httpx.HTTPError):
+            pass  # the status alone is enough to report the error
+        finally:
+            await response.aclose()
+        raise _error_for(self.registry, path, what, response.status_code, response.headers, body)
+
+
+def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.Headers, body: bytes) -> RegistryError:
+    upstream_code, upstream_message = _upstream_error(body)
+    if status == 404 or (status == 400 and upstream_code in ("NAME_INVALID", "TAG_INVALID", "MANIFEST_INVALID")):
+        if "/blobs/" in path:
+            return RegistryError.blob_unknown(what)
+        if "/manifests/" in path and upstream_code != "NAME_UNKNOWN":
+            return RegistryError.manifest_unknown(what)
+        return RegistryError.name_unknown(_repository_of(path), "repository not found upstream")
+    if status == 401:
+        return RegistryError.name_unknown(
+            _repository_of(path),
+            f"upstream {registry} denied access: the repository does not exist or needs credentials "
+            "that the proxy is not configured with",
+        )
+    if status == 403:
+        return RegistryError.denied(f"upstream {registry} denied access" + _suffix(upstream_message))
+    if status == 429:
+        message = upstream_message or f"upstream {registry} is rate limiting the proxy"
+        return RegistryError.too_many_requests(message, headers.get("retry-after"))
+    if status in (502, 503, 504):
+        return RegistryError.unavailable(f"upstream {registry} answered {status}")
+    return RegistryError.bad_gateway(f"upstream {registry} answered {status}" + _suffix(upstream_message))
+
+
+def _suffix(message: str | None) -> str:
+    return f": {message}" if message else ""
+
+
+def _repository_of(path: str) -> str:
+    # "/v2/<repository>/<kind>/<ref>" → "<repository>"
+    return path.removeprefix("/v2/").rsplit("/", 2)[0]
+
+
+def _upstream_error(body: bytes) -> tuple[str | None, str | None]:
+    try:
+        error = json.loads(body)["errors"][0]
+        return str(error.get("code")), str(error.get("message"))[:300]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+
+
+async def _read_bounded(response: httpx.Response, limit: int, what: str, raw: bool = False) -> bytes:
+    """The body, up to ``limit`` bytes; ``raw`` for content whose exact bytes matter (a digest covers them)."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_raw() if raw else response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise RegistryError.bad_gateway(f"upstream {what} is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _accept(accept: Accept) -> dict[str, str]:
+    return {"Accept": ", ".join(accept.upstream())}
+
+
+def _header_digest(response: httpx.Response) -> Digest | None:
+    value = response.headers.get("docker-content-digest")
+    if not value:
+        return None
+    try:
+        return Digest.parse(value.strip())
+    except InvalidDigest:
+        return None
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _total_size(response: httpx.Response) -> int | None:
+    # "Content-Range: bytes 100-199/200" → 200
+    total = response.headers.get("content-range", "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
+def _embedded_media_type(body: bytes) -> str:
+    try:
+        value = json.loads(body).get("mediaType", "")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""

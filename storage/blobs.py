@@ -1,0 +1,151 @@
+"""Content-addressed blobs on a local filesystem (see :mod:`storage.paths` for the layout)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiofiles.os
+
+from storage.digest import Digest, Hasher
+from storage.files import FileReader, fsync_dir, new_partial_path, sweep_partials
+from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, StorageError
+from storage.paths import blob_path
+
+__all__ = ["FilesystemBlobStore", "FilesystemBlobWriter"]
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def _path(self, digest: Digest) -> Path:
+        return self._root / blob_path(digest)
+
+    async def stat(self, digest: Digest) -> int | None:
+        try:
+            return (await aiofiles.os.stat(self._path(digest))).st_size
+        except FileNotFoundError:
+            return None
+
+    async def open(self, digest: Digest) -> tuple[BlobReader, int] | None:
+        try:
+            reader = FileReader.open(self._path(digest))
+        except FileNotFoundError:
+            return None
+        return reader, reader.size()
+
+    async def get(self, digest: Digest, max_size: int) -> bytes | None:
+        opened = await self.open(digest)
+        if opened is None:
+            return None
+        reader, size = opened
+        try:
+            if size > max_size:
+                return None
+            return await reader.read(0, size)
+        finally:
+            await reader.close()
+
+    async def put(self, digest: Digest, data: bytes) -> None:
+        writer = await self.create(digest)
+        try:
+            await writer.write(data)
+        except BaseException:
+            await writer.cancel()
+            raise
+        await writer.commit(len(data))
+
+    async def create(self, digest: Digest) -> FilesystemBlobWriter:
+        final = self._path(digest)
+        try:
+            await aiofiles.os.makedirs(final.parent, exist_ok=True)
+            partial = new_partial_path(final)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create a cache file for {digest}: {exc.strerror}") from exc
+        return FilesystemBlobWriter(digest, final, partial, fd)
+
+    async def sweep(self) -> int:
+        return await asyncio.to_thread(sweep_partials, self._root / "blobs")
+
+
+class FilesystemBlobWriter:
+    """Writes to ``<final>.<random>.partial`` in the blob's own directory, hashing as it goes."""
+
+    def __init__(self, digest: Digest, final: Path, partial: Path, fd: int) -> None:
+        self._digest = digest
+        self._final = final
+        self._partial = partial
+        self._fd = fd
+        self._hasher = Hasher(digest.algorithm)
+        self._written = 0
+        self._closed = False
+
+    @property
+    def digest(self) -> Digest:
+        return self._digest
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise StorageError("write to a closed blob writer")
+        try:
+            await asyncio.to_thread(self._write_and_hash, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self._digest} to the cache: {exc.strerror}") from exc
+        self._written += len(data)
+
+    def _write_and_hash(self, data: bytes) -> None:
+        # Hashing here, in the worker thread, keeps it off the event loop (hashlib releases the GIL).
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._hasher.update(data)
+
+    def open_reader(self) -> BlobReader:
+        if self._closed:
+            raise StorageError("the blob writer is closed")
+        return FileReader.open(self._partial)
+
+    async def commit(self, expected_size: int | None = None) -> None:
+        if self._closed:
+            raise StorageError("commit of a closed blob writer")
+        try:
+            await asyncio.to_thread(os.fsync, self._fd)
+        except OSError as exc:
+            await self.cancel()
+            raise StorageError(f"cannot flush {self._digest} to disk: {exc.strerror}") from exc
+        actual = self._hasher.digest()
+        if expected_size is not None and self._written != expected_size:
+            await self.cancel()
+            raise SizeMismatch(self._digest, expected_size, self._written)
+        if actual != self._digest:
+            await self.cancel()
+            raise DigestMismatch(self._digest, actual)
+        self._close_fd()
+        try:
+            # Content-addressed: if another writer got there first its file has the same bytes, so
+            # replacing it is harmless and readers holding the old inode keep reading valid data.
+            await aiofiles.os.replace(self._partial, self._final)
+            await asyncio.to_thread(fsync_dir, self._final.parent)
+        except OSError as exc:
+            await self.cancel()
+            raise StorageError(f"cannot commit {self._digest}: {exc.strerror}") from exc
+
+    async def cancel(self) -> None:
+        self._close_fd()
+        try:
+            await aiofiles.os.remove(self._partial)
+        except FileNotFoundError:
+            pass
+
+    def _close_fd(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)

@@ -1,0 +1,94 @@
+"""Low-level file operations shared by the filesystem backend: atomic writes, fsync, positional reads.
+
+Blocking system calls run in worker threads so that the event loop keeps serving other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from storage.interfaces import StorageError
+from storage.paths import PARTIAL_SUFFIX, partial_name
+
+__all__ = ["FileReader", "fsync_dir", "new_partial_path", "sweep_partials", "write_atomic"]
+
+
+def new_partial_path(final: Path) -> Path:
+    return final.with_name(partial_name(final.name, secrets.token_hex(8)))
+
+
+def fsync_dir(path: Path) -> None:
+    # A rename is only durable once the directory entry is; without this a crash can lose a committed file.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def write_atomic(final: Path, data: bytes) -> None:
+    """Write ``data`` to ``final`` so that readers see either the old file or the whole new one."""
+    partial = new_partial_path(final)
+    try:
+        await aiofiles.os.makedirs(final.parent, exist_ok=True)
+        async with aiofiles.open(partial, "xb") as f:
+            await f.write(data)
+            await f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+        await aiofiles.os.replace(partial, final)
+        await asyncio.to_thread(fsync_dir, final.parent)
+    except BaseException as exc:
+        await asyncio.to_thread(_unlink_quietly, partial)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
+        raise
+
+
+def sweep_partials(root: Path) -> int:
+    """Delete every in-progress file under ``root``: at start-up none of them can still have a writer."""
+    removed = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith(PARTIAL_SUFFIX):
+                _unlink_quietly(Path(directory, name))
+                removed += 1
+    return removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class FileReader:
+    """Positional reads on an open file descriptor; safe to use while another task appends to the file."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def open(cls, path: Path) -> FileReader:
+        return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self._fd < 0:
+            raise ValueError("read from a closed reader")
+        return await asyncio.to_thread(os.pread, self._fd, length, offset)
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)

@@ -1,0 +1,130 @@
+"""What the proxy needs from a cache backend, as Protocols (the filesystem is the first backend).
+
+Kept deliberately small so that an object-store backend, eviction and access tracking can be added
+behind it without touching ``proxy/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from storage.digest import Digest
+
+__all__ = [
+    "BlobReader",
+    "BlobStore",
+    "BlobWriter",
+    "DigestMismatch",
+    "ManifestRecord",
+    "RepositoryIndex",
+    "SizeMismatch",
+    "StorageError",
+    "TagRecord",
+    "VerificationError",
+]
+
+
+class StorageError(Exception):
+    """The backend failed (disk full, unwritable root, ...)."""
+
+
+class VerificationError(StorageError):
+    """Content did not match what it claimed to be; it was not committed."""
+
+
+class DigestMismatch(VerificationError):
+    def __init__(self, expected: Digest, actual: Digest) -> None:
+        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(VerificationError):
+    def __init__(self, digest: Digest, expected: int, actual: int) -> None:
+        super().__init__(f"size mismatch for {digest}: expected {expected} bytes, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    digest: Digest
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    digest: Digest
+    media_type: str
+    size: int
+    fetched_at: float  # seconds since the epoch, when the upstream last confirmed this answer
+
+
+class BlobReader(Protocol):
+    """An open committed blob, or the bytes written so far of one being filled."""
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``; fewer (or none) only at the current end of the data."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class BlobWriter(Protocol):
+    """A blob being written; invisible to :meth:`BlobStore.open` until :meth:`commit` verified it."""
+
+    @property
+    def digest(self) -> Digest: ...
+
+    @property
+    def written(self) -> int: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    def open_reader(self) -> BlobReader:
+        """A reader over the bytes written so far (for clients that tail a fill)."""
+        ...
+
+    async def commit(self, expected_size: int | None = None) -> None:
+        """Verify digest (and size) and publish atomically; on failure the data is dropped and it raises."""
+        ...
+
+    async def cancel(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    async def stat(self, digest: Digest) -> int | None:
+        """The size of a committed blob, or None if it is not cached."""
+        ...
+
+    async def open(self, digest: Digest) -> tuple[BlobReader, int] | None:
+        """A reader and the size of a committed blob, or None if it is not cached."""
+        ...
+
+    async def get(self, digest: Digest, max_size: int) -> bytes | None:
+        """A whole small blob (a manifest), or None if not cached or larger than ``max_size``."""
+        ...
+
+    async def put(self, digest: Digest, data: bytes) -> None:
+        """Store small content whole, verified like any other write."""
+        ...
+
+    async def create(self, digest: Digest) -> BlobWriter: ...
+
+    async def sweep(self) -> int:
+        """Remove writes left behind by a crash; returns how many files were removed."""
+        ...
+
+
+class RepositoryIndex(Protocol):
+    """Which manifests and tags each (upstream registry, repository) has."""
+
+    async def get_manifest(self, registry: str, repository: str, digest: Digest) -> ManifestRecord | None: ...
+
+    async def put_manifest(self, registry: str, repository: str, record: ManifestRecord) -> None: ...
+
+    async def get_tag(self, registry: str, repository: str, tag: str) -> TagRecord | None: ...
+
+    async def put_tag(self, registry: str, repository: str, tag: str, record: TagRecord) -> None: ...

@@ -1,0 +1,73 @@
+"""The on-disk layout of the cache, in one place.
+
+::
+
+    <root>/
+      blobs/<alg>/<hex[0:2]>/<hex>          content: layers, configs and manifests alike, shared by every
+                                            upstream and repository (content-addressed, so it cannot clash)
+      repositories/<registry>/<repository>/
+        _manifests/<alg>/<hex>              JSON {"media_type", "size"}: this repository is known to have
+                                            this manifest (blobs alone say nothing about who may see them)
+        _tags/<tag>                         JSON {"digest", "media_type", "size", "fetched_at"}: the last
+                                            answer the upstream gave for the tag, and when
+      .../<name>.<random>.partial           any file above while it is being written; renamed into place
+                                            only once complete (and, for blobs, verified). Swept at start-up.
+
+``<registry>`` is the upstream's registry name (``docker.io``, ``ghcr.io``), ``<repository>`` is a
+validated repository name such as ``library/alpine``. Repository components cannot start with ``_``,
+so ``_manifests`` and ``_tags`` never clash with a nested repository (the trick Distribution uses).
+
+Every function here is pure; callers pass values already validated (``Digest.parse``,
+``references.is_*``), and each function re-checks them so that no caller can build a path outside the root.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from storage.digest import SUPPORTED_ALGORITHMS, Digest
+from storage.references import is_registry, is_repository, is_tag
+
+__all__ = ["PARTIAL_SUFFIX", "blob_path", "manifest_link_path", "partial_name", "tag_path", "tags_dir"]
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def blob_path(digest: Digest) -> PurePosixPath:
+    _check_digest(digest)
+    return PurePosixPath("blobs", digest.algorithm, digest.hex[:2], digest.hex)
+
+
+def manifest_link_path(registry: str, repository: str, digest: Digest) -> PurePosixPath:
+    _check_digest(digest)
+    return _repository_dir(registry, repository) / "_manifests" / digest.algorithm / digest.hex
+
+
+def tags_dir(registry: str, repository: str) -> PurePosixPath:
+    return _repository_dir(registry, repository) / "_tags"
+
+
+def tag_path(registry: str, repository: str, tag: str) -> PurePosixPath:
+    if not is_tag(tag):
+        raise ValueError(f"invalid tag {tag[:130]!r}")
+    return tags_dir(registry, repository) / tag
+
+
+def partial_name(final_name: str, token: str) -> str:
+    """The name of a file being written next to ``final_name`` (same directory, so rename is atomic)."""
+    return f"{final_name}.{token}{PARTIAL_SUFFIX}"
+
+
+def _repository_dir(registry: str, repository: str) -> PurePosixPath:
+    if not is_registry(registry):
+        raise ValueError(f"invalid registry name {registry[:80]!r}")
+    if not is_repository(repository):
+        raise ValueError(f"invalid repository name {repository[:80]!r}")
+    return PurePosixPath("repositories", registry, repository)
+
+
+def _check_digest(digest: Digest) -> None:
+    # Digest instances are normally built by Digest.parse; this guards hand-built ones.
+    expected = SUPPORTED_ALGORITHMS.get(digest.algorithm)
+    if expected is None or len(digest.hex) != expected or not all(c in "0123456789abcdef" for c in digest.hex):
+        raise ValueError(f"invalid digest {str(digest)[:80]!r}")

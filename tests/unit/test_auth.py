@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import pytest
+
+from proxy.errors import RegistryError
+from proxy.upstream.auth import RegistryAuth, realm_allowed, scope_for_path
+from proxy.upstream.challenge import parse_challenges
+from tests.unit.fakes import REGISTRY, FakeRegistry
+
+
+def test_parse_docker_hub_challenge() -> None:
+    header = (
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/redis:pull"'
+    )
+    [challenge] = parse_challenges([header])
+    assert challenge.scheme == "bearer"
+    assert challenge.params == {
+        "realm": "https://auth.docker.io/token",
+        "service": "registry.docker.io",
+        "scope": "repository:library/redis:pull",
+    }
+
+
+def test_parse_several_challenges_and_escapes() -> None:
+    challenges = parse_challenges(['Basic realm="a \\"quoted\\" realm", Bearer realm="https://x/token",error=invalid'])
+    assert [c.scheme for c in challenges] == ["basic", "bearer"]
+    assert challenges[0].params["realm"] == 'a "quoted" realm'
+    assert challenges[1].params == {"realm": "https://x/token", "error": "invalid"}
+
+
+@pytest.mark.parametrize("header", ["", ",,,", "Bearer", 'Bearer realm="unterminated', "=== garbage"])
+def test_parse_malformed_challenges_never_raises(header: str) -> None:
+    parse_challenges([header])
+
+
+@pytest.mark.parametrize(
+    ("upstream", "realm", "allowed"),
+    [
+        ("registry-1.docker.io", "auth.docker.io", True),
+        ("ghcr.io", "ghcr.io", True),
+        ("registry.example.com", "evil.example.org", False),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("127.0.0.1", "127.0.0.2", False),
+        ("docker.io", "io", False),
+    ],
+)
+def test_realm_allowed(upstream: str, realm: str, allowed: bool) -> None:
+    assert realm_allowed(upstream, realm) is allowed
+
+
+def test_scope_for_path() -> None:
+    assert scope_for_path("/v2/library/alpine/manifests/3.20") == "repository:library/alpine:pull"
+    assert scope_for_path("/v2/a/b/c/blobs/sha256:00") == "repository:a/b/c:pull"
+    assert scope_for_path("/v2/") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_token_is_cached_until_it_expires() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("library/a", "1", "application/vnd.oci.image.manifest.v1+json", b"{}")
+    clock = Clock()
+    transport = httpx.MockTransport(fake)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client, clock=clock)
+        async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport) as client:
+            headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+            for _ in range(3):
+                assert (await client.get("/v2/library/a/manifests/1", headers=headers)).status_code == 200
+            assert auth.token_fetches == 1
+            clock.now += 300  # the fake's tokens live 300 s; the proxy renews a little early
+            assert (await client.get("/v2/library/a/manifests/1", headers=headers)).status_code == 200
+            assert auth.token_fetches == 2
+
+
+async def test_concurrent_requests_share_one_token_fetch() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("library/a", "1", "application/vnd.oci.image.manifest.v1+json", b"{}")
+    transport = httpx.MockTransport(fake)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client)
+        async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport) as client:
+            await client.get("/v2/")  # learn nothing yet: /v2/ needs no token
+            headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+            first = await client.get("/v2/library/a/manifests/1", headers=headers)  # learns the challenge
+            assert first.status_code == 200
+            fetches = auth.token_fetches
+            results = await asyncio.gather(*(client.get(f"/v2/library/b{i % 2}/manifests/1") for i in range(10)))
+            assert all(r.status_code == 404 for r in results)
+            # Two new scopes (b0, b1), one fetch each, however many requests wanted them.
+            assert auth.token_fetches == fetches + 2
+
+
+async def test_basic_only_upstream() -> None:
+    expected = "Basic " + base64.b64encode(b"u:p").decode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != expected:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
+        return httpx.Response(200, json={"ok": True})
+
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth("https://r.example.com", token_client, "u", "p")
+        async with httpx.AsyncClient(base_url="https://r.example.com", auth=auth, transport=transport) as client:
+            assert (await client.get("/v2/x/manifests/1")).status_code == 200
+            assert (await client.get("/v2/x/manifests/2")).status_code == 200
+            assert auth.token_fetches == 0
+
+
+async def test_token_service_down_is_a_registry_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example.com":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://auth.example.com/t"'})
+
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client)
+        async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport) as client:
+            with pytest.raises(RegistryError) as info:
+                await client.get("/v2/x/manifests/1")
+            assert info.value.status == 503

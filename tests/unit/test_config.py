@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load, parse_duration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads() -> None:
+    settings = load(REPO / "config.example.toml", environ={})
+    assert settings.upstreams[0].registry == "docker.io"
+    assert settings.upstreams[0].url == "https://registry-1.docker.io"
+
+
+def test_defaults_without_a_file() -> None:
+    settings = load(None)
+    assert settings.server.port == 5000
+    assert [u.registry for u in settings.upstreams] == ["docker.io"]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30", 30), ('"30s"', 30), ('"5m"', 300), ('"1h"', 3600), ("1.5", 1.5)])
+def test_durations(tmp_path: Path, text: str, seconds: float) -> None:
+    settings = load(write(tmp_path, f"[[upstreams]]\ntag_ttl = {text}\n"), environ={})
+    assert settings.upstreams[0].tag_ttl == seconds
+
+
+def test_password_from_env_and_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    text = f"""
+[[upstreams]]
+username = "bot"
+password_env = "HUB_TOKEN"
+
+[[upstreams]]
+registry = "ghcr.io"
+url = "https://ghcr.io"
+username = "bot"
+password_file = "{secret}"
+"""
+    settings = load(write(tmp_path, text), environ={"HUB_TOKEN": "from-env"})
+    assert [u.password for u in settings.upstreams] == ["from-env", "from-file"]
+    assert "from-env" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[server]\nprot = 1\n", "server.prot: unknown key"),
+        ('[server]\nport = "80"\n', "server.port: expected int"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ('[[upstreams]]\ntag_ttl = "5 minutes"\n', "upstreams[0].tag_ttl"),
+        ("[[upstreams]]\ntag_ttl = -1\n", "upstreams[0].tag_ttl"),
+        ('[[upstreams]]\nregistry = "ghcr.io"\n', "upstreams[0].url: required"),
+        ('[[upstreams]]\nurl = "ftp://x"\n', "upstreams[0].url"),
+        ("[[upstreams]]\n[[upstreams]]\n", "upstreams[1].registry"),
+        ('[[upstreams]]\nusername = "u"\npassword_env = "NOPE"\n', "NOPE is not set"),
+        ('[[upstreams]]\nregistry = "../x"\n', "upstreams[0].registry"),
+        ("bogus = 1\n", "bogus: unknown key"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_bad_configs_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "nope.toml")
+
+
+def test_parse_duration_rejects_booleans() -> None:
+    with pytest.raises(ValueError):
+        parse_duration(True)
