@@ -1,0 +1,118 @@
+"""The proxy itself, as users run it: ``registry-proxy serve --config FILE`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from tests.harness.deadline import poll_until
+from tests.harness.ports import LOOPBACK, free_port
+
+
+class ProxyServer:
+    """Writes a config naming ``upstream_url`` as docker.io and runs the proxy on a free loopback port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        upstream_url: str,
+        *,
+        tag_ttl: str = "5m",
+        extra_upstream: str = "",
+        env: dict[str, str] | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        """``extra_upstream``: more TOML lines for the docker.io upstream table; ``env``: added to the environment."""
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = workdir / "cache"
+        self.config_path = workdir / "config.toml"
+        self.log_path = workdir / "proxy.log"
+        self.port = free_port()
+        self.start_timeout = start_timeout
+        self.config_path.write_text(
+            f"""
+[server]
+host = "{LOOPBACK}"
+port = {self.port}
+
+[storage]
+root = "{self.cache_dir}"
+
+[[upstreams]]
+registry = "docker.io"
+url = "{upstream_url}"
+tag_ttl = "{tag_ttl}"
+connect_timeout = "2s"
+read_timeout = "30s"
+{extra_upstream}
+"""
+        )
+        self._env = env or {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def ref(self, name: str) -> str:
+        return f"{self.host}/{name}"
+
+    def start(self) -> ProxyServer:
+        cli = Path(sys.executable).with_name("registry-proxy")
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [str(cli), "serve", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**{k: v for k, v in os.environ.items() if k != "REGISTRY_PROXY_CONFIG"}, **self._env},
+            )
+        process = self._process
+
+        def ready() -> bool | None:
+            if process.poll() is not None:
+                raise RuntimeError(f"registry-proxy exited with {process.returncode}:\n{self.log_tail()}")
+            try:
+                return True if httpx.get(f"{self.url}/v2/", timeout=1.0).status_code == 200 else None
+            except httpx.TransportError:
+                return None
+
+        poll_until(ready, timeout=self.start_timeout, what=f"registry-proxy on {self.url}")
+        return self
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> ProxyServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

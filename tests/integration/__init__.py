@@ -1,0 +1,1 @@
+"""Tests that drive real processes: Distribution, skopeo, and the proxy under uvicorn."""
