@@ -23,6 +23,8 @@ __all__ = ["CHUNK_SIZE", "BlobFill", "FillFailed"]
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# Bytes received from the upstream but not yet handed to the writer, at most.
+_MAX_PENDING = 8 * 1024 * 1024
 
 
 class FillFailed(Exception):
@@ -88,10 +90,7 @@ class BlobFill:
             self._writer = await self._store.create(self.digest)
             self._state = _State.DOWNLOADING
             self._started.set()
-            async for chunk in download.chunks():
-                await self._writer.write(chunk)
-                self._written += len(chunk)
-                self._notify()
+            await self._copy(download, self._writer)
             self._state = _State.COMMITTING
             await self._writer.commit(self._size)
             self._state = _State.DONE
@@ -111,6 +110,41 @@ class BlobFill:
             self._finished.set()
             self._notify()
             self._on_finish(self)
+
+    async def _copy(self, download: BlobDownload, writer: BlobWriter) -> None:
+        """Download into the writer, reading the next chunks while the previous ones are being written.
+
+        Writing (and hashing) runs in a worker thread; waiting for each chunk's round trip before reading
+        the next would cap a fill at one network chunk per thread hop. Chunks that arrive during a write
+        are written together by the next one, bounded by _MAX_PENDING so memory stays flat.
+        """
+        pending: list[bytes] = []
+        pending_size = 0
+        writing: asyncio.Task[int] | None = None
+        try:
+            async for chunk in download.chunks():
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if writing is not None and (writing.done() or pending_size >= _MAX_PENDING):
+                    self._wrote(await writing)
+                    writing = None
+                if writing is None:
+                    writing = asyncio.create_task(_write(writer, b"".join(pending)))
+                    pending, pending_size = [], 0
+            if writing is not None:
+                self._wrote(await writing)
+                writing = None
+            if pending:
+                self._wrote(await _write(writer, b"".join(pending)))
+        finally:
+            if writing is not None:
+                writing.cancel()
+                # The write in its thread finishes regardless; wait so the writer is not cancelled under it.
+                await asyncio.gather(writing, return_exceptions=True)
+
+    def _wrote(self, n: int) -> None:
+        self._written += n
+        self._notify()
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -159,6 +193,11 @@ class BlobFill:
         if opened is None:
             raise FillFailed(f"{self.digest} vanished from the cache right after it was filled")
         return opened[0]
+
+
+async def _write(writer: BlobWriter, data: bytes) -> int:
+    await writer.write(data)
+    return len(data)
 
 
 def _describe(exc: BaseException | None) -> str:

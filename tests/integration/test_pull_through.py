@@ -196,3 +196,18 @@ def test_writes_are_unsupported(proxy: ProxyServer) -> None:
     response = httpx.post(f"{proxy.url}/v2/library/alpine/blobs/uploads/")
     assert response.status_code == 405
     assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_basic_auth_upstream(images: Images, skopeo: str, tmp_path: Path) -> None:
+    # Not every registry hands out tokens: some answer with a plain Basic challenge.
+    with DistributionRegistry(tmp_path / "basic", auth="basic", username="ci", password="pw") as upstream:
+        image = images["oci"]
+        with Pusher(upstream.url, images.store, ("ci", "pw")) as pusher:
+            for blob in image.blobs:
+                pusher.push_blob(image.repository, blob)
+            pusher.push_manifest(image.repository, str(image.tag), image.manifest, image.media_type)
+        config = 'username = "ci"\npassword_env = "UPSTREAM_PASSWORD"'
+        with ProxyServer(
+            tmp_path / "proxy", upstream.url, extra_upstream=config, env={"UPSTREAM_PASSWORD": "pw"}
+        ) as proxy:
+            pull(proxy, image, tmp_path / "pulled")
