@@ -22,7 +22,7 @@ from proxy.endpoints.fallback import not_found_or_unsupported
 from proxy.endpoints.manifests import get_manifest
 from proxy.endpoints.tags import list_tags
 from proxy.errors import RegistryError
-from proxy.middleware import ApiVersionHeaderMiddleware
+from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.manifests import ManifestService
 from proxy.pullthrough.tags import TagService
@@ -76,7 +76,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ApiVersionHeaderMiddleware)],
+        middleware=[Middleware(ApiVersionHeaderMiddleware), Middleware(RequestLimitsMiddleware)],
         exception_handlers={
             RegistryError: _registry_error,
             HTTPException: _http_error,

@@ -317,3 +317,14 @@ def test_manifest_digest_mismatch_from_upstream_is_rejected(client: TestClient, 
     response = client.get(f"/v2/library/alpine/manifests/{wrong}")
     assert response.status_code == 502
     assert error_code(response) == "UPSTREAM_ERROR"
+
+
+def test_giant_headers_and_paths_are_refused(client: TestClient, fake: FakeRegistry) -> None:
+    response = client.get("/v2/library/alpine/manifests/3.20", headers={"X-Big": "a" * 100_000})
+    assert response.status_code == 431
+    assert error_code(response) == "HEADERS_TOO_LARGE"
+    response = client.get("/v2/" + "a/" * 3000 + "manifests/latest")
+    assert response.status_code == 414
+    assert error_code(response) == "URI_TOO_LONG"
+    assert response.headers["docker-distribution-api-version"] == "registry/2.0"
+    assert not fake.requests
