@@ -48,11 +48,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         async with AsyncExitStack() as stack:
             root = settings.storage.root.resolve()
-            root.mkdir(parents=True, exist_ok=True)
             blobs = FilesystemBlobStore(root)
-            removed = await blobs.sweep()
-            if removed:
-                log.info("removed %d unfinished cache files left by an earlier run", removed)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                removed = await blobs.sweep()
+                if removed:
+                    log.info("removed %d unfinished cache files left by an earlier run", removed)
+            except OSError as exc:
+                # Still serve: pulls are relayed uncached, which beats failing every CI job.
+                log.error("cache root %s is not usable (%s); serving without caching", root, exc.strerror)
             origins = []
             for upstream in settings.upstreams:
                 remote = _upstream_registry(upstream, transport)

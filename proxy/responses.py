@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.errors import RegistryError
 from proxy.pullthrough.blobs import BlobSource
-from proxy.pullthrough.fill import FillFailed
+from proxy.pullthrough.errors import FillFailed
 from proxy.pullthrough.manifests import Manifest
 from storage.digest import Digest
 
@@ -32,6 +32,8 @@ def manifest_response(manifest: Manifest, head: bool) -> Response:
         "ETag": f'"{manifest.digest}"',
         "Content-Length": str(len(manifest.body)),
     }
+    if manifest.stale:
+        headers["Warning"] = '110 - "Response is Stale"'
     # HEAD must still announce the real length: containerd needs Content-Length with the digest.
     return Response(b"" if head else manifest.body, 200, headers, media_type=manifest.media_type)
 

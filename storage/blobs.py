@@ -26,14 +26,18 @@ class FilesystemBlobStore:
     async def stat(self, digest: Digest) -> int | None:
         try:
             return (await aiofiles.os.stat(self._path(digest))).st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise StorageError(f"cannot look up {digest}: {exc.strerror}") from exc
 
     async def open(self, digest: Digest) -> tuple[BlobReader, int] | None:
         try:
             reader = FileReader.open(self._path(digest))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise StorageError(f"cannot open {digest}: {exc.strerror}") from exc
         return reader, reader.size()
 
     async def get(self, digest: Digest, max_size: int) -> bytes | None:
@@ -68,7 +72,7 @@ class FilesystemBlobStore:
         return FilesystemBlobWriter(digest, final, partial, fd)
 
     async def sweep(self) -> int:
-        return await asyncio.to_thread(sweep_partials, self._root / "blobs")
+        return await asyncio.to_thread(sweep_partials, self._root)
 
 
 class FilesystemBlobWriter:

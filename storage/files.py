@@ -64,8 +64,8 @@ def sweep_partials(root: Path) -> int:
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # already gone, or never created (its directory could not be)
 
 
 class FileReader:

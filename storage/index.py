@@ -63,7 +63,8 @@ class FilesystemIndex:
         try:
             async with aiofiles.open(path, "rb") as f:
                 data = await f.read(_MAX_ENTRY_SIZE + 1)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
+            # Missing, or unreadable: either way the index has no usable answer and the upstream is asked.
             return None
         if len(data) > _MAX_ENTRY_SIZE:
             return None

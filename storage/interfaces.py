@@ -29,8 +29,11 @@ class StorageError(Exception):
     """The backend failed (disk full, unwritable root, ...)."""
 
 
-class VerificationError(StorageError):
-    """Content did not match what it claimed to be; it was not committed."""
+class VerificationError(Exception):
+    """Content did not match what it claimed to be; it was not committed.
+
+    Not a StorageError: the cache works, the content was wrong (its source is to blame).
+    """
 
 
 class DigestMismatch(VerificationError):

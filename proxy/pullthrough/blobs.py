@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Protocol
 
 from proxy.errors import RegistryError
-from proxy.pullthrough.fill import CHUNK_SIZE, BlobFill, FillFailed
+from proxy.pullthrough.errors import FillFailed
+from proxy.pullthrough.fill import CHUNK_SIZE, BlobFill, Download
+from proxy.pullthrough.relay import relay
+from proxy.pullthrough.singleflight import SingleFlight
 from proxy.routing import Origin
+from proxy.upstream.client import BlobDownload
 from storage.digest import Digest
-from storage.interfaces import BlobStore
+from storage.interfaces import BlobStore, StorageError
 
-__all__ = ["BlobService", "BlobSource", "CachedBlob"]
+__all__ = ["BlobService", "BlobSource", "CachedBlob", "RelayedBlob"]
+
+log = logging.getLogger(__name__)
 
 
 class BlobSource(Protocol):
@@ -35,7 +42,10 @@ class CachedBlob:
 
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         # Opened here rather than up front so that a response that never sends its body holds no file.
-        opened = await self._store.open(self._digest)
+        try:
+            opened = await self._store.open(self._digest)
+        except StorageError as exc:
+            raise FillFailed(str(exc)) from None
         if opened is None:
             raise FillFailed(f"{self._digest} left the cache before it was read")
         reader, _size = opened
@@ -53,45 +63,84 @@ class CachedBlob:
             await reader.close()
 
 
+class RelayedBlob:
+    """A blob the cache could not take, streamed from the upstream to this one client."""
+
+    def __init__(self, download: BlobDownload, reopen: Download, digest: Digest) -> None:
+        self._download = download
+        self._reopen = reopen
+        self._digest = digest
+
+    @property
+    def size(self) -> int | None:
+        return self._download.size
+
+    async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        download = self._download
+        if start:
+            await download.aclose()
+            try:
+                download = await self._reopen(start)
+            except RegistryError as exc:
+                raise FillFailed(f"cannot relay {self._digest}: {exc.message}") from None
+        hasher = self._digest.hasher() if start == 0 and end is None else None
+        async for data in relay(download, self._digest, start, end, hasher):
+            yield data
+
+
 class BlobService:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
         # Fills in progress, by digest: every request for a blob being downloaded reads the same fill.
         self._fills: dict[Digest, BlobFill] = {}
+        self._heads: SingleFlight[int] = SingleFlight()
 
     async def stat(self, origin: Origin, repository: str, digest: Digest) -> int:
-        size = await self._store.stat(digest)
+        size = await self._cached_size(digest)
         if size is not None:
             return size
         fill = self._fills.get(digest)
-        if fill is not None and (size := await fill.ready()) is not None:
-            return size
+        if fill is not None:
+            try:
+                if (size := await fill.ready()) is not None:
+                    return size
+            except (RegistryError, StorageError):
+                pass  # the fill's own trouble; a HEAD of our own decides
+        # Concurrent HEADs of one uncached blob share one upstream HEAD, and a HEAD never downloads.
+        return await self._heads.do((origin.registry, digest), lambda: self._head(origin, repository, digest))
+
+    async def _head(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await origin.remote.head_blob(repository, digest)
         if size is None:
             raise RegistryError.bad_gateway(f"upstream {origin.registry} did not say the size of {digest}")
         return size
 
     async def open(self, origin: Origin, repository: str, digest: Digest) -> BlobSource:
-        size = await self._store.stat(digest)
+        size = await self._cached_size(digest)
         if size is not None:
             return CachedBlob(self._store, digest, size)
+
+        def download(offset: int) -> Awaitable[BlobDownload]:
+            return origin.remote.open_blob(repository, digest, offset)
+
         fill = self._fills.get(digest)
         if fill is None:
-            fill = BlobFill(
-                digest,
-                self._store,
-                lambda: origin.remote.open_blob(repository, digest),
-                self._forget,
-            )
+            fill = BlobFill(digest, self._store, download, self._forget)
             self._fills[digest] = fill
             fill.start()
         try:
             await fill.ready()
-        except RegistryError:
-            raise
-        except Exception as exc:
-            raise RegistryError.bad_gateway(f"cannot fetch {digest}: {exc}") from None
+        except StorageError:
+            # Logged by the fill. The cache cannot take it, but the client still gets its blob.
+            return RelayedBlob(await download(0), download, digest)
         return fill
+
+    async def _cached_size(self, digest: Digest) -> int | None:
+        try:
+            return await self._store.stat(digest)
+        except StorageError as exc:
+            log.error("cache lookup of %s failed, treating it as a miss: %s", digest, exc)
+            return None
 
     def _forget(self, fill: BlobFill) -> None:
         if self._fills.get(fill.digest) is fill:

@@ -4,6 +4,10 @@ The download runs in its own task, so it finishes (and the next pull is a hit) e
 that asked for it has gone. Readers tail the partial file; the last byte of the blob is held back until
 the digest has been verified and the blob committed, so a client never receives a complete-looking body
 that does not match its digest.
+
+If the upstream connection breaks, the fill resumes from where it was with a Range request. If the
+cache fails (disk full), the clients reading the fill continue straight from the upstream (see
+:mod:`proxy.pullthrough.relay`).
 """
 
 from __future__ import annotations
@@ -14,21 +18,25 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from proxy.errors import RegistryError
-from proxy.upstream.client import BlobDownload
+from proxy.pullthrough.errors import FillFailed
+from proxy.pullthrough.relay import relay
+from proxy.upstream.client import BlobDownload, DownloadInterrupted
 from storage.digest import Digest
-from storage.interfaces import BlobReader, BlobStore, BlobWriter
+from storage.interfaces import BlobReader, BlobStore, BlobWriter, StorageError
 
-__all__ = ["CHUNK_SIZE", "BlobFill", "FillFailed"]
+__all__ = ["CHUNK_SIZE", "BlobFill", "Download", "FillFailed"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 # Bytes received from the upstream but not yet handed to the writer, at most.
 _MAX_PENDING = 8 * 1024 * 1024
+# Resuming a broken download: attempts, and the pause before the first one (doubled each time).
+_RESUME_ATTEMPTS = 3
+_RESUME_BACKOFF = 0.25
 
-
-class FillFailed(Exception):
-    """The fill broke after clients were sent headers; their responses must be cut short."""
+Download = Callable[[int], Awaitable[BlobDownload]]
+"""Opens the blob upstream at a byte offset."""
 
 
 class _State(enum.Enum):
@@ -41,11 +49,7 @@ class _State(enum.Enum):
 
 class BlobFill:
     def __init__(
-        self,
-        digest: Digest,
-        store: BlobStore,
-        download: Callable[[], Awaitable[BlobDownload]],
-        on_finish: Callable[[BlobFill], None],
+        self, digest: Digest, store: BlobStore, download: Download, on_finish: Callable[[BlobFill], None]
     ) -> None:
         self.digest = digest
         self._size: int | None = None
@@ -65,7 +69,10 @@ class BlobFill:
         self._task = asyncio.create_task(self._run(), name=f"fill {self.digest}")
 
     async def ready(self) -> int | None:
-        """Wait until the upstream answered; the blob's size if it said. Raises the upstream's error."""
+        """Wait until the upstream answered; the blob's size if it said.
+
+        Raises the upstream's error, or StorageError when the cache cannot take the blob at all.
+        """
         await self._started.wait()
         if self._state is _State.FAILED and self._writer is None:
             assert self._error is not None
@@ -85,14 +92,20 @@ class BlobFill:
     async def _run(self) -> None:
         download: BlobDownload | None = None
         try:
-            download = await self._download()
+            # The cache file first: if the cache cannot take the blob, no download is started for nothing.
+            writer = await self._store.create(self.digest)
+            try:
+                download = await self._download(0)
+            except BaseException:
+                await writer.cancel()
+                raise
+            self._writer = writer
             self._size = download.size
-            self._writer = await self._store.create(self.digest)
             self._state = _State.DOWNLOADING
             self._started.set()
-            await self._copy(download, self._writer)
+            await self._copy(download, writer)
             self._state = _State.COMMITTING
-            await self._writer.commit(self._size)
+            await writer.commit(self._size)
             self._state = _State.DONE
             log.info("cached blob %s (%d bytes)", self.digest, self._written)
         except BaseException as exc:
@@ -101,11 +114,11 @@ class BlobFill:
             if self._writer is not None:
                 await self._writer.cancel()
                 log.warning("fill of %s failed after %d bytes: %s", self.digest, self._written, _describe(exc))
+            elif isinstance(exc, StorageError):
+                log.error("cannot cache %s, relaying it uncached: %s", self.digest, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            if download is not None:
-                await download.aclose()
             self._started.set()
             self._finished.set()
             self._notify()
@@ -116,27 +129,46 @@ class BlobFill:
 
         Writing (and hashing) runs in a worker thread; waiting for each chunk's round trip before reading
         the next would cap a fill at one network chunk per thread hop. Chunks that arrive during a write
-        are written together by the next one, bounded by _MAX_PENDING so memory stays flat.
+        are written together by the next one, bounded by _MAX_PENDING so memory stays flat. A broken
+        upstream connection is resumed from the bytes received so far.
         """
         pending: list[bytes] = []
         pending_size = 0
+        received = 0
         writing: asyncio.Task[int] | None = None
+        resumes = 0
         try:
-            async for chunk in download.chunks():
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if writing is not None and (writing.done() or pending_size >= _MAX_PENDING):
-                    self._wrote(await writing)
-                    writing = None
-                if writing is None:
-                    writing = asyncio.create_task(_write(writer, b"".join(pending)))
-                    pending, pending_size = [], 0
+            while True:
+                try:
+                    async for chunk in download.chunks():
+                        pending.append(chunk)
+                        pending_size += len(chunk)
+                        received += len(chunk)
+                        if writing is not None and (writing.done() or pending_size >= _MAX_PENDING):
+                            self._wrote(await writing)
+                            writing = None
+                        if writing is None:
+                            writing = asyncio.create_task(_write(writer, b"".join(pending)))
+                            pending, pending_size = [], 0
+                    break
+                except DownloadInterrupted as exc:
+                    await download.aclose()
+                    if resumes >= _RESUME_ATTEMPTS or (self._size is not None and received >= self._size):
+                        raise
+                    resumes += 1
+                    log.warning("upstream broke off %s at %d bytes (%s); resuming", self.digest, received, exc)
+                    await asyncio.sleep(_RESUME_BACKOFF * 2 ** (resumes - 1))
+                    download = await self._download(received)
+                    if download.size != self._size:
+                        await download.aclose()
+                        raise FillFailed(f"upstream size of {self.digest} changed on resume") from None
             if writing is not None:
                 self._wrote(await writing)
                 writing = None
             if pending:
                 self._wrote(await _write(writer, b"".join(pending)))
         finally:
+            await download.aclose()
             if writing is not None:
                 writing.cancel()
                 # The write in its thread finishes regardless; wait so the writer is not cancelled under it.
@@ -153,6 +185,11 @@ class BlobFill:
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes ``start`` to ``end`` (exclusive; None = to the end), as they arrive."""
         reader = await self._open_reader()
+        if reader is None:
+            # The cache failed before this client read anything: it gets the blob from the upstream.
+            async for data in self._relay(None, start, start, end):
+                yield data
+            return
         pos = start
         try:
             while end is None or pos < end:
@@ -168,11 +205,40 @@ class BlobFill:
                 elif self._state is _State.DONE:
                     return
                 elif self._state is _State.FAILED:
-                    raise FillFailed(f"fill of {self.digest} failed: {_describe(self._error)}")
+                    if not isinstance(self._error, StorageError):
+                        raise FillFailed(f"fill of {self.digest} failed: {_describe(self._error)}")
+                    # The cache failed, not the upstream: this client goes on straight from the upstream.
+                    async for data in self._relay(reader, start, pos, end):
+                        yield data
+                    return
                 else:
                     await self._changed.wait()
         finally:
             await reader.close()
+
+    async def _relay(
+        self, reader: BlobReader | None, start: int, pos: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
+        hasher = None
+        if start == 0 and end is None and reader is not None:
+            # A whole-blob response is verified like a fill: hash what this client already got (still
+            # readable through the open partial file), then the rest as it is relayed.
+            hasher = self.digest.hasher()
+            offset = 0
+            while offset < pos:
+                data = await reader.read(offset, min(CHUNK_SIZE, pos - offset))
+                if not data:
+                    raise FillFailed(f"partial cache file of {self.digest} is shorter than what was sent")
+                hasher.update(data)
+                offset += len(data)
+        elif start == 0 and end is None:
+            hasher = self.digest.hasher()
+        try:
+            download = await self._download(pos)
+        except RegistryError as exc:
+            raise FillFailed(f"cannot relay {self.digest}: {exc.message}") from None
+        async for data in relay(download, self.digest, pos, end, hasher):
+            yield data
 
     def _readable(self) -> int:
         if self._state is _State.DONE or self._size is None:
@@ -181,13 +247,19 @@ class BlobFill:
         # that turns out to be wrong.
         return min(self._written, self._size - 1)
 
-    async def _open_reader(self) -> BlobReader:
+    async def _open_reader(self) -> BlobReader | None:
+        """A reader on the partial or the committed file; None if the cache failed and the client must relay."""
         await self.ready()
-        if self._state is _State.DOWNLOADING and self._writer is not None:
-            # The partial file exists until the commit renames it, and the commit only starts after the
-            # state changes; opening it here involves no await, so there is no window for the rename.
-            return self._writer.open_reader()
+        if self._state in (_State.DOWNLOADING, _State.FAILED) and self._writer is not None:
+            # The partial file exists until the commit renames it (or a failure removes it), and neither
+            # can happen during this call, which does not await; an open file stays readable after both.
+            try:
+                return self._writer.open_reader()
+            except (OSError, StorageError):
+                pass  # it was already gone: wait for the outcome below
         if not await self.wait():
+            if isinstance(self._error, StorageError):
+                return None
             raise FillFailed(f"fill of {self.digest} failed: {_describe(self._error)}")
         opened = await self._store.open(self.digest)
         if opened is None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.errors import RegistryError
 from proxy.media_types import Accept
+from proxy.pullthrough.singleflight import SingleFlight
 from proxy.routing import Origin
 from proxy.upstream.client import MAX_MANIFEST_SIZE, FetchedManifest
 from storage.digest import Digest
@@ -28,6 +29,12 @@ class Manifest:
     digest: Digest
     media_type: str
     body: bytes  # exactly the upstream's bytes: the digest is computed over them
+    stale: bool = False  # served from the cache past its TTL because the upstream failed
+
+
+# Upstream failures that mean "the upstream is not answering properly", as opposed to an answer such as
+# 404 or 401: for these a cached tag is served past its TTL rather than failing the pull.
+_OUTAGE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class ManifestService:
@@ -35,31 +42,58 @@ class ManifestService:
         self._blobs = blobs
         self._index = index
         self._clock = clock
+        # Concurrent pulls of one tag or digest share one lookup and at most one upstream round trip.
+        self._flights: SingleFlight[Manifest] = SingleFlight()
 
     async def by_digest(self, origin: Origin, repository: str, digest: Digest, accept: Accept) -> Manifest:
+        key = ("digest", origin.registry, repository, digest)
+        manifest = await self._flights.do(key, lambda: self._by_digest(origin, repository, digest))
+        _check_accepted(manifest, accept, str(digest))
+        return manifest
+
+    async def by_tag(self, origin: Origin, repository: str, tag: str, accept: Accept) -> Manifest:
+        key = ("tag", origin.registry, repository, tag, accept)
+        return await self._flights.do(key, lambda: self._by_tag(origin, repository, tag, accept))
+
+    async def _by_digest(self, origin: Origin, repository: str, digest: Digest) -> Manifest:
         cached = await self._cached(origin, repository, digest)
         if cached is None:
-            fetched = await origin.remote.get_manifest(repository, str(digest), accept)
+            # The digest fixes the content, so ask for every type; whether this client accepts it is
+            # checked per caller (callers with different Accept headers share this fetch).
+            fetched = await origin.remote.get_manifest(repository, str(digest), Accept())
             if fetched.digest != digest:
                 raise RegistryError.bad_gateway(f"upstream {origin.registry} sent a manifest other than {digest}")
             cached = await self._remember(origin, repository, fetched)
-        _check_accepted(cached, accept, str(digest))
         return cached
 
-    async def by_tag(self, origin: Origin, repository: str, tag: str, accept: Accept) -> Manifest:
+    async def _by_tag(self, origin: Origin, repository: str, tag: str, accept: Accept) -> Manifest:
         record = await self._index.get_tag(origin.registry, repository, tag)
+        cached = None
         if record is not None and accept.allows(record.media_type):
             cached = await self._cached(origin, repository, record.digest)
-            if cached is not None:
-                if self._clock() - record.fetched_at < origin.tag_ttl:
-                    return cached
-                head = await origin.remote.head_manifest(repository, tag, accept)
-                if head.digest == record.digest:
-                    await self._remember_tag(origin, repository, tag, cached)
-                    return cached
-                if head.digest is not None and (moved := await self._cached(origin, repository, head.digest)):
-                    await self._remember_tag(origin, repository, tag, moved)
-                    return moved
+        if cached is not None and record is not None and self._clock() - record.fetched_at < origin.tag_ttl:
+            return cached
+        try:
+            return await self._refresh_tag(origin, repository, tag, accept, cached)
+        except RegistryError as exc:
+            if cached is None or exc.status not in _OUTAGE_STATUSES:
+                raise
+            # The cache is more available than the registry behind it: a pull that worked before still works.
+            log.warning("serving stale %s/%s:%s (upstream: %s)", origin.registry, repository, tag, exc.message)
+            return replace(cached, stale=True)
+
+    async def _refresh_tag(
+        self, origin: Origin, repository: str, tag: str, accept: Accept, cached: Manifest | None
+    ) -> Manifest:
+        if cached is not None:
+            # One HEAD (which Docker Hub does not count as a pull) tells whether the tag still points there.
+            head = await origin.remote.head_manifest(repository, tag, accept)
+            if head.digest == cached.digest:
+                await self._remember_tag(origin, repository, tag, cached)
+                return cached
+            if head.digest is not None and (moved := await self._cached(origin, repository, head.digest)):
+                await self._remember_tag(origin, repository, tag, moved)
+                return moved
         fetched = await origin.remote.get_manifest(repository, tag, accept)
         manifest = await self._remember(origin, repository, fetched)
         await self._remember_tag(origin, repository, tag, manifest)

@@ -11,9 +11,18 @@ import httpx
 
 from proxy.errors import RegistryError
 from proxy.media_types import Accept, base_media_type
+from proxy.upstream.breaker import CircuitBreaker
 from storage.digest import Digest, InvalidDigest
 
-__all__ = ["BlobDownload", "FetchedManifest", "ManifestHead", "TagPage", "UpstreamRegistry", "MAX_MANIFEST_SIZE"]
+__all__ = [
+    "BlobDownload",
+    "DownloadInterrupted",
+    "FetchedManifest",
+    "ManifestHead",
+    "TagPage",
+    "UpstreamRegistry",
+    "MAX_MANIFEST_SIZE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,10 @@ class TagPage:
     link: str | None
 
 
+class DownloadInterrupted(Exception):
+    """The upstream connection broke while a blob was being read."""
+
+
 class BlobDownload:
     """An open upstream blob response; iterate the raw (undecoded) bytes, then close."""
 
@@ -50,18 +63,29 @@ class BlobDownload:
         self.size = size  # of the whole blob, when the upstream said
         self.offset = offset
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._response.aiter_raw()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise DownloadInterrupted(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         await self._response.aclose()
 
 
 class UpstreamRegistry:
-    def __init__(self, registry: str, client: httpx.AsyncClient, token_client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        registry: str,
+        client: httpx.AsyncClient,
+        token_client: httpx.AsyncClient,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.registry = registry
         self._client = client
         self._token_client = token_client
+        self._breaker = breaker or CircuitBreaker(registry)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -131,15 +155,29 @@ class UpstreamRegistry:
         redirects: bool = False,
     ) -> httpx.Response:
         """A successful response, still open (the caller reads and closes it), or a raised RegistryError."""
+        if wait := self._breaker.open_for():
+            raise RegistryError.unavailable(f"upstream {self.registry} is failing; next attempt in {wait:.0f} s")
         request = self._client.build_request(method, path, headers=headers, params=params)
         try:
             response = await self._client.send(request, stream=True, follow_redirects=redirects)
         except httpx.TimeoutException:
+            self._breaker.failure()
             raise RegistryError.gateway_timeout(f"upstream {self.registry} timed out") from None
         except (httpx.ConnectError, httpx.NetworkError) as exc:
+            self._breaker.failure()
             raise RegistryError.unavailable(f"upstream {self.registry} unreachable: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
+            self._breaker.failure()
             raise RegistryError.bad_gateway(f"upstream {self.registry} failed: {type(exc).__name__}") from None
+        except RegistryError as exc:
+            # Raised by the token flow: its service being down is the upstream being down.
+            if exc.status >= 500:
+                self._breaker.failure()
+            raise
+        if response.status_code >= 500:
+            self._breaker.failure()
+        else:
+            self._breaker.success()
         if 200 <= response.status_code < 300:
             return response
         body = b""

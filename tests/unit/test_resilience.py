@@ -1,0 +1,199 @@
+"""Single flight, resume, serve-stale, circuit breaker and a failing cache, against an in-memory upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.app import create_app
+from proxy.config import Settings, StorageSettings, UpstreamSettings
+from storage.blobs import FilesystemBlobWriter
+from tests.unit.asgi import envelope_code, running
+from tests.unit.fakes import OCI_MANIFEST, REGISTRY, FakeRegistry, sha256
+
+BLOB = bytes(range(256)) * 4096  # 1 MiB
+
+
+class Gate:
+    """Holds upstream answers until the test has sent all its concurrent requests."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def wait(self) -> None:
+        await asyncio.wait_for(self.open.wait(), timeout=10)
+
+
+class SlowUpstream:
+    """Wraps a FakeRegistry: every answer waits for the gate, blob bodies arrive in small chunks."""
+
+    def __init__(self, fake: FakeRegistry, gate: Gate, break_after: int | None = None) -> None:
+        self.fake = fake
+        self.gate = gate
+        self.break_after = break_after  # cut the first full blob body after this many bytes
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        await self.gate.wait()
+        response = self.fake(request)
+        if request.url.host != "cdn.example.net" or request.method != "GET":
+            return response
+        body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        cut = self.break_after if "range" not in request.headers else None
+        if cut is not None:
+            self.break_after = None
+        return httpx.Response(response.status_code, headers=response.headers, stream=Chunked(body, cut))
+
+
+class Chunked(httpx.AsyncByteStream):
+    def __init__(self, body: bytes, cut: int | None) -> None:
+        self.body = body
+        self.cut = cut
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for offset in range(0, len(self.body), 16384):
+            if self.cut is not None and offset >= self.cut:
+                raise httpx.ReadError("connection reset by peer")
+            await asyncio.sleep(0)
+            yield self.body[offset : offset + 16384]
+
+
+def make_app(tmp_path: Path, handler: object, tag_ttl: float = 300, root: Path | None = None):
+    settings = Settings(
+        storage=StorageSettings(root=root or tmp_path / "cache"),
+        upstreams=(UpstreamSettings(registry="docker.io", url=REGISTRY, tag_ttl=tag_ttl),),
+    )
+    return create_app(settings, transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fake() -> FakeRegistry:
+    registry = FakeRegistry()
+    registry.add_blob(BLOB)
+    registry.add_manifest(
+        "library/app", "1", OCI_MANIFEST, b'{"schemaVersion":2,"mediaType":"' + OCI_MANIFEST.encode() + b'"}'
+    )
+    return registry
+
+
+async def test_concurrent_blob_gets_share_one_download(tmp_path: Path, fake: FakeRegistry) -> None:
+    gate = Gate()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        requests = [asyncio.create_task(client.get(f"/v2/library/app/blobs/{sha256(BLOB)}")) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+    assert all(r.status_code == 200 and r.content == BLOB for r in responses)
+    assert fake.count("GET", "cdn/") == 1
+
+
+async def test_concurrent_blob_heads_share_one_upstream_head_and_never_download(
+    tmp_path: Path, fake: FakeRegistry
+) -> None:
+    gate = Gate()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        requests = [asyncio.create_task(client.head(f"/v2/library/app/blobs/{sha256(BLOB)}")) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+    assert all(r.status_code == 200 and r.headers["content-length"] == str(len(BLOB)) for r in responses)
+    assert fake.count("HEAD", "/v2/library/app/blobs/") == 1
+    assert fake.count("GET", "cdn/") == 0
+
+
+async def test_concurrent_tag_pulls_share_one_manifest_fetch_and_token(tmp_path: Path, fake: FakeRegistry) -> None:
+    gate = Gate()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        requests = [asyncio.create_task(client.get("/v2/library/app/manifests/1")) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+    assert all(r.status_code == 200 for r in responses)
+    assert fake.count("GET", "/manifests/1") == 1
+    assert len(fake.token_requests) == 1
+
+
+async def test_broken_download_is_resumed_with_range(tmp_path: Path, fake: FakeRegistry) -> None:
+    gate = Gate()
+    gate.open.set()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate, break_after=300_000))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}")
+        assert response.status_code == 200
+        assert response.content == BLOB
+        ranges = [r.headers.get("range") for r in fake.requests if r.url.host == "cdn.example.net"]
+        assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+        assert int(ranges[1].removeprefix("bytes=").rstrip("-")) > 0
+        # ... and the resumed blob was committed: a second GET is a hit.
+        assert (await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}")).content == BLOB
+    assert fake.count("GET", "cdn/") == 2
+
+
+@pytest.mark.parametrize(("status", "stale"), [(503, True), (502, True), (429, True), (500, True), (404, False)])
+async def test_stale_tag_is_served_when_the_upstream_fails(
+    tmp_path: Path, fake: FakeRegistry, status: int, stale: bool
+) -> None:
+    async with running(make_app(tmp_path, fake, tag_ttl=0)) as client:
+        first = await client.get("/v2/library/app/manifests/1")
+        assert first.status_code == 200 and "warning" not in first.headers
+        fake.fail = status
+        again = await client.get("/v2/library/app/manifests/1")
+    if stale:
+        assert again.status_code == 200
+        assert again.content == first.content
+        assert again.headers["warning"] == '110 - "Response is Stale"'
+    else:
+        assert again.status_code == 404  # an answer, not an outage: the tag is gone
+
+
+async def test_circuit_breaker_stops_asking_a_dead_upstream(tmp_path: Path, fake: FakeRegistry) -> None:
+    calls = 0
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with running(make_app(tmp_path, refuse)) as client:
+        for _ in range(3):
+            assert (await client.get("/v2/library/app/manifests/1")).status_code == 503
+        assert calls == 3
+        response = await client.get("/v2/library/app/manifests/2")
+        assert response.status_code == 503
+        assert envelope_code(response) == "UPSTREAM_UNAVAILABLE"
+        assert "next attempt" in response.json()["errors"][0]["message"]
+        assert calls == 3  # the breaker answered without trying
+
+
+async def test_unusable_cache_root_still_serves_blobs(tmp_path: Path, fake: FakeRegistry) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the cache root cannot live under a file")
+    async with running(make_app(tmp_path, fake, root=not_a_dir / "cache")) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}")
+        assert response.status_code == 200
+        assert response.content == BLOB
+        assert (await client.get("/v2/library/app/manifests/1")).status_code == 200
+
+
+async def test_disk_full_during_a_fill_still_serves_the_blob(
+    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = FilesystemBlobWriter._write_and_hash
+
+    def full_after_256k(self: FilesystemBlobWriter, data: bytes) -> None:
+        if self.written + len(data) > 256 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, data)
+
+    monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", full_after_256k)
+    gate = Gate()
+    gate.open.set()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}")
+        assert response.status_code == 200
+        assert response.content == BLOB
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert leftovers == []
