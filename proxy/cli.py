@@ -13,6 +13,7 @@ import uvicorn
 from proxy import __version__
 from proxy.app import create_app
 from proxy.config import ConfigError, Settings, load
+from storage.verify import verify_blobs
 
 __all__ = ["main"]
 
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         "cache in ./registry-proxy-cache)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    verify = commands.add_parser(
+        "verify", help="re-hash every cached blob; report and remove corrupt ones (exit status 1 if any)"
+    )
+    verify.add_argument("--config", type=Path, default=None, help="as for serve")
+    verify.add_argument("--dry-run", action="store_true", help="report corrupt blobs without removing them")
     args = parser.parse_args(argv)
 
     config_path = args.config or (Path(p) if (p := os.environ.get("REGISTRY_PROXY_CONFIG")) else None)
@@ -42,7 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"registry-proxy: config error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "verify":
+        return verify_cache(settings, remove=not args.dry_run)
     return serve_forever(settings, args.log_level)
+
+
+def verify_cache(settings: Settings, *, remove: bool) -> int:
+    root = settings.storage.root
+    checked = corrupt = 0
+    total = 0
+    for finding in verify_blobs(root, remove=remove):
+        checked += 1
+        total += finding.size
+        if finding.problem is not None:
+            corrupt += 1
+            action = "removed" if finding.removed else "kept"
+            print(f"CORRUPT {finding.path}: {finding.problem} ({action})")
+    print(f"checked {checked} blobs ({total / 2**20:.1f} MiB) under {root}: {corrupt} corrupt")
+    return 1 if corrupt else 0
 
 
 def serve_forever(settings: Settings, log_level: str) -> int:
