@@ -80,6 +80,7 @@ class RegistryAuth(httpx.Auth):
         self._clock = clock
         self._bearer: Challenge | None = None  # the upstream's Bearer challenge, once seen
         self._basic_only = False
+        self._pinged = False
         self._tokens: dict[tuple[str, str, str], _Token] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self.token_fetches = 0
@@ -87,6 +88,12 @@ class RegistryAuth(httpx.Auth):
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         scope = scope_for_path(request.url.path)
         sent: _Token | None = None
+        if not self._pinged and scope is not None:
+            # Like Docker's client, learn how the upstream authenticates from /v2/ first: the real request
+            # (a blob GET the upstream may count, or bill) is then sent once, already authorized.
+            self._pinged = True
+            ping = yield httpx.Request("GET", request.url.copy_with(path="/v2/", query=None))
+            self._learn(ping)
         if self._basic_only and self._basic is not None:
             request.headers["Authorization"] = self._basic
         elif self._bearer is not None and scope is not None:
@@ -96,10 +103,9 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
-        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
-        bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
-        if bearer is not None:
-            self._bearer = Challenge("bearer", {k: v for k, v in bearer.params.items() if k != "scope"})
+        was_basic_only = self._basic_only
+        bearer = self._learn(response)
+        if bearer is not None and self._bearer is not None:
             scope = bearer.params.get("scope") or scope or ""
             if sent is not None:
                 # The upstream refused a token we thought valid (revoked, clock skew): fetch a new one once.
@@ -107,10 +113,21 @@ class RegistryAuth(httpx.Auth):
             token = await self._token(self._bearer, scope)
             request.headers["Authorization"] = f"Bearer {token.value}"
             yield request
-        elif any(c.scheme == "basic" for c in challenges) and self._basic is not None and not self._basic_only:
-            self._basic_only = True
+        elif self._basic_only and not was_basic_only and self._basic is not None:
             request.headers["Authorization"] = self._basic
             yield request
+
+    def _learn(self, response: httpx.Response) -> Challenge | None:
+        """Remember how the upstream wants to be authenticated, from a 401; the Bearer challenge, if any."""
+        if response.status_code != 401:
+            return None
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
+        if bearer is not None:
+            self._bearer = Challenge("bearer", {k: v for k, v in bearer.params.items() if k != "scope"})
+        elif any(c.scheme == "basic" for c in challenges) and self._basic is not None:
+            self._basic_only = True
+        return bearer
 
     def _key(self, challenge: Challenge, scope: str) -> tuple[str, str, str]:
         return challenge.params["realm"], challenge.params.get("service", ""), scope
