@@ -44,7 +44,7 @@ class UpstreamSettings:
     username: str | None = None
     # The secret itself, resolved from password_env / password_file at load time; never from the file.
     password: str | None = field(default=None, repr=False)
-    connect_timeout: float = 5.0
+    connect_timeout: float = 3.0
     read_timeout: float = 60.0
 
 

@@ -26,12 +26,13 @@ class ProxyServer:
         tag_ttl: str = "5m",
         extra_upstream: str = "",
         env: dict[str, str] | None = None,
+        cache_dir: Path | None = None,
         start_timeout: float = 20.0,
     ) -> None:
         """``extra_upstream``: more TOML lines for the docker.io upstream table; ``env``: added to the environment."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.cache_dir = workdir / "cache"
+        self.cache_dir = cache_dir or workdir / "cache"
         self.config_path = workdir / "config.toml"
         self.log_path = workdir / "proxy.log"
         self.port = free_port()
