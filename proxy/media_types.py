@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "Accept", "base_media_type"]
@@ -14,6 +15,10 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 # Sent upstream when a client names no manifest type: without an explicit list, registries fall back
 # to schema1 or refuse OCI content (httpx's default is "*/*", which Distribution ignores).
 MANIFEST_MEDIA_TYPES: tuple[str, ...] = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+
+
+# RFC 6838 type/subtype names; anything else in an Accept header is junk, and must never be forwarded upstream.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 def base_media_type(content_type: str) -> str:
@@ -37,7 +42,7 @@ class Accept:
                 media_type = base_media_type(part)
                 if "*" in media_type:
                     wildcard = True
-                elif media_type and media_type not in types:
+                elif _MEDIA_TYPE.fullmatch(media_type) and media_type not in types:
                     types.append(media_type)
         return cls(tuple(types), wildcard)
 

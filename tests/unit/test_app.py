@@ -328,3 +328,9 @@ def test_giant_headers_and_paths_are_refused(client: TestClient, fake: FakeRegis
     assert error_code(response) == "URI_TOO_LONG"
     assert response.headers["docker-distribution-api-version"] == "registry/2.0"
     assert not fake.requests
+
+
+def test_junk_accept_header_is_ignored_not_forwarded(client: TestClient, fake: FakeRegistry) -> None:
+    response = client.get("/v2/library/alpine/manifests/3.20", headers={"Accept": b"\x80, a b/c, */*"})
+    assert response.status_code == 200
+    assert OCI_MANIFEST in fake.requests[-1].headers["accept"]
