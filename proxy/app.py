@@ -116,7 +116,8 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
+    if exc.status_code == 405 or request.method not in ("GET", "HEAD"):
+        # Also for paths no route matched (such as one with an encoded newline): a write is never supported.
         error = RegistryError.unsupported()
     else:
         error = RegistryError(exc.status_code, "NOT_FOUND" if exc.status_code == 404 else "UNKNOWN", str(exc.detail))

@@ -39,4 +39,6 @@ class Router:
         if origin.registry == DOCKER_HUB and "/" not in name:
             # Docker Hub does not normalize names; every client silently adds "library/" for it.
             name = f"library/{name}"
+            if not is_repository(name):  # the prefix can push a long name over the length limit
+                raise RegistryError.name_invalid(name)
         return origin, name

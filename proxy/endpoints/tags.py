@@ -17,7 +17,8 @@ async def list_tags(request: Request) -> Response:
     n_param = request.query_params.get("n")
     n: int | None = None
     if n_param is not None:
-        if not n_param.isdigit() or int(n_param) > _MAX_PAGE:
+        # isdigit() alone admits "²" and other digits int() refuses.
+        if not (n_param.isascii() and n_param.isdigit()) or len(n_param) > 6 or int(n_param) > _MAX_PAGE:
             raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested")
         n = int(n_param)
     page = await svc.tags.list(origin, repository, n, request.query_params.get("last"))
