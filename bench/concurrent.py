@@ -18,16 +18,20 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.harness.images import seed
 from tests.harness.proxy_server import ProxyServer
 from tests.harness.registry import DistributionRegistry
 from tests.harness.tokens import TokenIssuer
 
 
-def fetch(url: str, results: list[str], errors: list[str]) -> None:
-    # curl piped into openssl (which uses the CPU's SHA extensions; coreutils' sha256sum is 10x slower): C clients, as real pullers (Go, containerd) are, so that the 2 cores
+def fetch(url: str, results: list[str], errors: list[str], token: str | None = None) -> None:
+    # curl piped into openssl (which uses the CPU's SHA extensions; coreutils' sha256sum is 10x slower):
+    # C clients, as real pullers (Go, containerd) are, so that the 2 cores
     # measure the proxy rather than Python clients hashing 8 copies of the blob.
-    command = f"curl --silent --fail --max-time 300 '{url}' | openssl dgst -sha256 -r"
+    auth = f"-H 'Authorization: Bearer {token}' -L" if token else ""
+    command = f"curl --silent --fail --max-time 300 {auth} '{url}' | openssl dgst -sha256 -r"
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         errors.append(f"curl exited with {result.returncode}: {result.stderr.strip()}")
@@ -35,10 +39,10 @@ def fetch(url: str, results: list[str], errors: list[str]) -> None:
         results.append("sha256:" + result.stdout.split()[0])
 
 
-def pull_together(url: str, clients: int) -> tuple[float, list[str], list[str]]:
+def pull_together(url: str, clients: int, token: str | None = None) -> tuple[float, list[str], list[str]]:
     results: list[str] = []
     errors: list[str] = []
-    threads = [threading.Thread(target=fetch, args=(url, results, errors)) for _ in range(clients)]
+    threads = [threading.Thread(target=fetch, args=(url, results, errors, token)) for _ in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -67,6 +71,14 @@ def main() -> None:
             image = seed(upstream, work / "images", big_layer_mib=args.mib)["big"]
             layer = image.layers[0]
             path = f"/v2/{image.repository}/blobs/{layer.digest}"
+            token = httpx.get(
+                issuer.realm,
+                params={"service": "registry.docker.io", "scope": f"repository:{image.repository}:pull"},
+                timeout=30,
+            ).json()["token"]
+            direct, _, direct_errors = pull_together(upstream.url + path, args.clients, token)
+            assert not direct_errors, direct_errors
+            print(f"reference: {args.clients} clients straight from Distribution (Go, no cache): {direct:.2f} s")
             singles, crowds, ratios, rss = [], [], [], []
             for round_ in range(args.rounds):
                 with ProxyServer(work / f"single-{round_}", upstream.url) as proxy:
