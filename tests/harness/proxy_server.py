@@ -25,11 +25,13 @@ class ProxyServer:
         *,
         tag_ttl: str = "5m",
         extra_upstream: str = "",
+        extra_config: str = "",
         env: dict[str, str] | None = None,
         cache_dir: Path | None = None,
         start_timeout: float = 20.0,
     ) -> None:
-        """``extra_upstream``: more TOML lines for the docker.io upstream table; ``env``: added to the environment."""
+        """``extra_upstream``: more TOML lines for the docker.io upstream table; ``extra_config``: TOML appended
+        after it (more ``[[upstreams]]`` tables); ``env``: added to the proxy's environment."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = cache_dir or workdir / "cache"
@@ -53,6 +55,8 @@ tag_ttl = "{tag_ttl}"
 connect_timeout = "2s"
 read_timeout = "30s"
 {extra_upstream}
+
+{extra_config}
 """
         )
         self._env = env or {}

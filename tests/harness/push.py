@@ -118,3 +118,20 @@ def _chunks(path: Path) -> Iterator[bytes]:
 def _expect(response: httpx.Response, status: int, what: str) -> None:
     if response.status_code != status:
         raise PushError(f"{what}: expected {status}, got {response.status_code}: {response.text[:500]}")
+
+
+def push_image(
+    registry_url: str,
+    credentials: tuple[str, str] | None,
+    store: BlobStore,
+    blobs: list[Descriptor],
+    repository: str,
+    tag: str,
+    manifest: bytes,
+    media_type: str,
+) -> str:
+    """Push an already built image (its blobs are in ``store``) under another registry or repository."""
+    with Pusher(registry_url, store, credentials) as pusher:
+        for blob in blobs:
+            pusher.push_blob(repository, blob)
+        return pusher.push_manifest(repository, tag, manifest, media_type)

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.harness.images import Images, seed
+from tests.harness.push import push_image
 from tests.harness.registry import BINARY as REGISTRY_BINARY, DistributionRegistry
 from tests.harness.skopeo import skopeo_path
 from tests.harness.tokens import TokenIssuer
+from tests.harness.upstreams import GHCR_CREDENTIALS
 
 HERE = Path(__file__).parent
 BIG_LAYER_ENV = "TEST_BIG_LAYER_MIB"
@@ -84,3 +86,22 @@ def skopeo() -> str:
         return skopeo_path()
     except FileNotFoundError:
         pytest.skip("skopeo (Debian package skopeo) is not on PATH")
+
+
+@pytest.fixture(scope="session")
+def ghcr_registry(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionRegistry]:
+    """A second upstream standing for ghcr.io: Distribution with plain Basic auth (``GHCR_CREDENTIALS``).
+
+    It holds ``org/app:1``, the same image as ``images["oci"]`` under another name, so a test can tell by the
+    upstream logs which registry served a pull.
+    """
+    if shutil.which(REGISTRY_BINARY) is None:
+        pytest.skip(f"{REGISTRY_BINARY} (CNCF Distribution; Debian package docker-registry) is not on PATH")
+    username, password = GHCR_CREDENTIALS
+    registry = DistributionRegistry(tmp_path_factory.mktemp("ghcr"), auth="basic", username=username, password=password)
+    with registry:
+        image = images["oci"]
+        push_image(registry.url, GHCR_CREDENTIALS, images.store, list(image.blobs), "org/app", "1",
+                   image.manifest, image.media_type)  # fmt: skip
+        yield registry
+    shutil.rmtree(registry.storage_dir, ignore_errors=True)
