@@ -18,13 +18,17 @@ from proxy import __version__
 from proxy.config import Settings, UpstreamSettings
 from proxy.endpoints.base import api_base
 from proxy.endpoints.blobs import get_blob
+from proxy.endpoints.catalog import catalog
 from proxy.endpoints.fallback import not_found_or_unsupported
 from proxy.endpoints.manifests import get_manifest
+from proxy.endpoints.referrers import list_referrers
 from proxy.endpoints.tags import list_tags
 from proxy.errors import RegistryError
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.pullthrough.blobs import BlobService
+from proxy.pullthrough.catalog import CatalogService
 from proxy.pullthrough.manifests import ManifestService
+from proxy.pullthrough.referrers import ReferrersService
 from proxy.pullthrough.tags import TagService
 from proxy.responses import error_response
 from proxy.routing import Origin, Router
@@ -62,20 +66,26 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 remote = _upstream_registry(upstream, transport)
                 stack.push_async_callback(remote.aclose)
                 origins.append(Origin(upstream.registry, remote, upstream.tag_ttl))
+            index = FilesystemIndex(root)
+            router = Router(origins)
             services = Services(
-                router=Router(origins),
+                router=router,
                 blobs=BlobService(blobs),
-                manifests=ManifestService(blobs, FilesystemIndex(root)),
-                tags=TagService(),
+                manifests=ManifestService(blobs, index),
+                tags=TagService(index),
+                referrers=ReferrersService(blobs, index),
+                catalog=CatalogService(index, router.default_registry),
             )
             log.info("cache at %s; upstreams: %s", root, ", ".join(f"{o.registry}" for o in origins))
             yield {"services": services}
 
     routes = [
         Route("/v2/", api_base, methods=["GET"]),
+        Route("/v2/_catalog", catalog, methods=["GET"]),
         Route("/v2/{name:path}/manifests/{reference}", get_manifest, methods=["GET"]),
         Route("/v2/{name:path}/blobs/{digest}", get_blob, methods=["GET"]),
         Route("/v2/{name:path}/tags/list", list_tags, methods=["GET"]),
+        Route("/v2/{name:path}/referrers/{digest}", list_referrers, methods=["GET"]),
         Route("/v2/{path:path}", not_found_or_unsupported, methods=_ALL_METHODS),
     ]
     app = Starlette(

@@ -83,6 +83,11 @@ class RegistryError(Exception):
     def gateway_timeout(cls, why: str) -> RegistryError:
         return cls(504, "UPSTREAM_TIMEOUT", why)
 
+    @property
+    def is_outage(self) -> bool:
+        """The upstream is not answering properly (as opposed to answering no), so a cached copy may stand in."""
+        return self.status in (429, 500, 502, 503, 504)
+
     def body(self) -> bytes:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         error["detail"] = self.detail if self.detail is not None else {}

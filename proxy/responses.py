@@ -15,7 +15,10 @@ from proxy.pullthrough.errors import FillFailed
 from proxy.pullthrough.manifests import Manifest
 from storage.digest import Digest
 
-__all__ = ["BlobResponse", "error_response", "manifest_response"]
+__all__ = ["STALE_WARNING", "BlobResponse", "error_response", "manifest_response"]
+
+# RFC 7234 warn-code 110: served from the cache past its freshness because the upstream failed.
+STALE_WARNING = '110 - "Response is Stale"'
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def manifest_response(manifest: Manifest, head: bool) -> Response:
         "Content-Length": str(len(manifest.body)),
     }
     if manifest.stale:
-        headers["Warning"] = '110 - "Response is Stale"'
+        headers["Warning"] = STALE_WARNING
     # HEAD must still announce the real length: containerd needs Content-Length with the digest.
     return Response(b"" if head else manifest.body, 200, headers, media_type=manifest.media_type)
 

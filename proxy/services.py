@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from proxy.pullthrough.blobs import BlobService
+from proxy.pullthrough.catalog import CatalogService
 from proxy.pullthrough.manifests import ManifestService
+from proxy.pullthrough.referrers import ReferrersService
 from proxy.pullthrough.tags import TagService
 from proxy.routing import Router
 
@@ -20,6 +22,8 @@ class Services:
     blobs: BlobService
     manifests: ManifestService
     tags: TagService
+    referrers: ReferrersService
+    catalog: CatalogService
 
 
 def services(request: Request) -> Services:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,16 @@ import aiofiles
 from storage.digest import Digest, InvalidDigest
 from storage.files import write_atomic
 from storage.interfaces import ManifestRecord, TagRecord
-from storage.paths import manifest_link_path, tag_path
+from storage.paths import (
+    MANIFESTS_DIR,
+    REPOSITORIES,
+    TAGS_DIR,
+    manifest_link_path,
+    referrers_path,
+    tag_path,
+    tags_dir,
+)
+from storage.references import is_registry, is_repository, is_tag
 
 __all__ = ["FilesystemIndex"]
 
@@ -37,27 +48,49 @@ class FilesystemIndex:
         await write_atomic(path, _dump({"media_type": record.media_type, "size": record.size}))
 
     async def get_tag(self, registry: str, repository: str, tag: str) -> TagRecord | None:
-        entry = await self._load(self._root / tag_path(registry, repository, tag))
-        if entry is None:
-            return None
-        try:
-            return TagRecord(
-                Digest.parse(str(entry["digest"])),
-                str(entry["media_type"]),
-                int(entry["size"]),
-                float(entry["fetched_at"]),
-            )
-        except (KeyError, TypeError, ValueError, InvalidDigest):
-            return None
+        return _tag_record(await self._load(self._root / tag_path(registry, repository, tag)))
 
     async def put_tag(self, registry: str, repository: str, tag: str, record: TagRecord) -> None:
-        entry = {
-            "digest": str(record.digest),
-            "media_type": record.media_type,
-            "size": record.size,
-            "fetched_at": record.fetched_at,
-        }
-        await write_atomic(self._root / tag_path(registry, repository, tag), _dump(entry))
+        await write_atomic(self._root / tag_path(registry, repository, tag), _dump_tag(record))
+
+    async def list_tags(self, registry: str, repository: str) -> list[str]:
+        return await asyncio.to_thread(self._list_tags, self._root / tags_dir(registry, repository))
+
+    @staticmethod
+    def _list_tags(directory: Path) -> list[str]:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        return sorted(name for name in names if is_tag(name))
+
+    async def get_referrers(self, registry: str, repository: str, subject: Digest) -> TagRecord | None:
+        return _tag_record(await self._load(self._root / referrers_path(registry, repository, subject)))
+
+    async def put_referrers(self, registry: str, repository: str, subject: Digest, record: TagRecord) -> None:
+        await write_atomic(self._root / referrers_path(registry, repository, subject), _dump_tag(record))
+
+    async def list_repositories(self) -> list[tuple[str, str]]:
+        return await asyncio.to_thread(self._list_repositories)
+
+    def _list_repositories(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        base = self._root / REPOSITORIES
+        try:
+            registries = sorted(os.listdir(base))
+        except OSError:
+            return found
+        for registry in registries:
+            if not is_registry(registry):
+                continue
+            # A repository is a directory holding _manifests or _tags; walk only the name components.
+            for directory, dirs, _files in os.walk(base / registry):
+                if MANIFESTS_DIR in dirs or TAGS_DIR in dirs:
+                    repository = Path(directory).relative_to(base / registry).as_posix()
+                    if is_repository(repository):
+                        found.append((registry, repository))
+                dirs[:] = [d for d in dirs if not d.startswith("_")]
+        return sorted(found)
 
     async def _load(self, path: Path) -> dict[str, Any] | None:
         try:
@@ -73,6 +106,31 @@ class FilesystemIndex:
         except ValueError:
             return None
         return entry if isinstance(entry, dict) else None
+
+
+def _tag_record(entry: dict[str, Any] | None) -> TagRecord | None:
+    if entry is None:
+        return None
+    try:
+        return TagRecord(
+            Digest.parse(str(entry["digest"])),
+            str(entry["media_type"]),
+            int(entry["size"]),
+            float(entry["fetched_at"]),
+        )
+    except (KeyError, TypeError, ValueError, InvalidDigest):
+        return None
+
+
+def _dump_tag(record: TagRecord) -> bytes:
+    return _dump(
+        {
+            "digest": str(record.digest),
+            "media_type": record.media_type,
+            "size": record.size,
+            "fetched_at": record.fetched_at,
+        }
+    )
 
 
 def _dump(entry: dict[str, Any]) -> bytes:

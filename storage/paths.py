@@ -10,6 +10,8 @@
                                             this manifest (blobs alone say nothing about who may see them)
         _tags/<tag>                         JSON {"digest", "media_type", "size", "fetched_at"}: the last
                                             answer the upstream gave for the tag, and when
+        _referrers/<alg>/<hex>              the same for the referrers index of a subject manifest (the
+                                            index's bytes are a blob, keyed by their own digest)
       .../<name>.<random>.partial           any file above while it is being written; renamed into place
                                             only once complete (and, for blobs, verified). Swept at start-up.
 
@@ -28,7 +30,20 @@ from pathlib import PurePosixPath
 from storage.digest import SUPPORTED_ALGORITHMS, Digest
 from storage.references import is_registry, is_repository, is_tag
 
-__all__ = ["PARTIAL_SUFFIX", "blob_path", "manifest_link_path", "partial_name", "tag_path", "tags_dir"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "REPOSITORIES",
+    "blob_path",
+    "manifest_link_path",
+    "partial_name",
+    "referrers_path",
+    "tag_path",
+    "tags_dir",
+]
+
+REPOSITORIES = "repositories"
+MANIFESTS_DIR = "_manifests"
+TAGS_DIR = "_tags"
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -40,11 +55,16 @@ def blob_path(digest: Digest) -> PurePosixPath:
 
 def manifest_link_path(registry: str, repository: str, digest: Digest) -> PurePosixPath:
     _check_digest(digest)
-    return _repository_dir(registry, repository) / "_manifests" / digest.algorithm / digest.hex
+    return _repository_dir(registry, repository) / MANIFESTS_DIR / digest.algorithm / digest.hex
+
+
+def referrers_path(registry: str, repository: str, subject: Digest) -> PurePosixPath:
+    _check_digest(subject)
+    return _repository_dir(registry, repository) / "_referrers" / subject.algorithm / subject.hex
 
 
 def tags_dir(registry: str, repository: str) -> PurePosixPath:
-    return _repository_dir(registry, repository) / "_tags"
+    return _repository_dir(registry, repository) / TAGS_DIR
 
 
 def tag_path(registry: str, repository: str, tag: str) -> PurePosixPath:
@@ -63,7 +83,7 @@ def _repository_dir(registry: str, repository: str) -> PurePosixPath:
         raise ValueError(f"invalid registry name {registry[:80]!r}")
     if not is_repository(repository):
         raise ValueError(f"invalid repository name {repository[:80]!r}")
-    return PurePosixPath("repositories", registry, repository)
+    return PurePosixPath(REPOSITORIES, registry, repository)
 
 
 def _check_digest(digest: Digest) -> None:

@@ -4,6 +4,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.endpoints.references import parse_digest
+from proxy.endpoints.target import echo_namespace, target
 from proxy.ranges import parse_range
 from proxy.responses import BlobResponse
 from proxy.services import services
@@ -13,13 +14,14 @@ __all__ = ["get_blob"]
 
 async def get_blob(request: Request) -> Response:
     svc = services(request)
-    origin, repository = svc.router.resolve(request.path_params["name"])
+    where = target(request)
+    origin, repository = where.origin, where.repository
     digest = parse_digest(request.path_params["digest"])
     if request.method == "HEAD":
         # Answered from the cache or an upstream HEAD: a HEAD never starts a download.
-        return BlobResponse(digest, await svc.blobs.stat(origin, repository, digest), None)
+        return echo_namespace(BlobResponse(digest, await svc.blobs.stat(origin, repository, digest), None), where)
     source = await svc.blobs.open(origin, repository, digest)
     size = source.size
     # When the upstream did not announce a size, a range cannot be checked: the whole blob is sent (200).
     byte_range = parse_range(request.headers.get("range"), size) if size is not None else None
-    return BlobResponse(digest, size, source, byte_range)
+    return echo_namespace(BlobResponse(digest, size, source, byte_range), where)

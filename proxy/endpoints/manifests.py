@@ -4,6 +4,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.endpoints.references import parse_reference
+from proxy.endpoints.target import echo_namespace, target
 from proxy.media_types import Accept
 from proxy.responses import manifest_response
 from proxy.services import services
@@ -13,7 +14,8 @@ __all__ = ["get_manifest"]
 
 async def get_manifest(request: Request) -> Response:
     svc = services(request)
-    origin, repository = svc.router.resolve(request.path_params["name"])
+    where = target(request)
+    origin, repository = where.origin, where.repository
     reference = parse_reference(request.path_params["reference"])
     accept = Accept.parse(request.headers.getlist("accept"))
     if isinstance(reference, str):
@@ -21,5 +23,5 @@ async def get_manifest(request: Request) -> Response:
     else:
         manifest = await svc.manifests.by_digest(origin, repository, reference, accept)
     if request.headers.get("if-none-match") == f'"{manifest.digest}"':
-        return Response(status_code=304, headers={"ETag": f'"{manifest.digest}"'})
-    return manifest_response(manifest, head=request.method == "HEAD")
+        return echo_namespace(Response(status_code=304, headers={"ETag": f'"{manifest.digest}"'}), where)
+    return echo_namespace(manifest_response(manifest, head=request.method == "HEAD"), where)

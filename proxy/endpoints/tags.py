@@ -3,24 +3,19 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.errors import RegistryError
+from proxy.endpoints.pages import page_params
+from proxy.endpoints.target import echo_namespace, target
+from proxy.responses import STALE_WARNING
 from proxy.services import services
 
 __all__ = ["list_tags"]
 
-_MAX_PAGE = 10_000
-
 
 async def list_tags(request: Request) -> Response:
-    svc = services(request)
-    origin, repository = svc.router.resolve(request.path_params["name"])
-    n_param = request.query_params.get("n")
-    n: int | None = None
-    if n_param is not None:
-        # isdigit() alone admits "²" and other digits int() refuses.
-        if not (n_param.isascii() and n_param.isdigit()) or len(n_param) > 6 or int(n_param) > _MAX_PAGE:
-            raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested")
-        n = int(n_param)
-    page = await svc.tags.list(origin, repository, n, request.query_params.get("last"))
-    headers = {"Link": page.link} if page.link else {}
-    return Response(page.body, 200, headers, media_type="application/json")
+    where = target(request)
+    n, last = page_params(request)
+    tags = await services(request).tags.list(where, n, last)
+    headers = {"Link": tags.link} if tags.link else {}
+    if tags.stale:
+        headers["Warning"] = STALE_WARNING
+    return echo_namespace(Response(tags.body, 200, headers, media_type="application/json"), where)

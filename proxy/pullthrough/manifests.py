@@ -32,11 +32,6 @@ class Manifest:
     stale: bool = False  # served from the cache past its TTL because the upstream failed
 
 
-# Upstream failures that mean "the upstream is not answering properly", as opposed to an answer such as
-# 404 or 401: for these a cached tag is served past its TTL rather than failing the pull.
-_OUTAGE_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
 class ManifestService:
     def __init__(self, blobs: BlobStore, index: RepositoryIndex, clock: Callable[[], float] = time.time) -> None:
         self._blobs = blobs
@@ -76,7 +71,7 @@ class ManifestService:
         try:
             return await self._refresh_tag(origin, repository, tag, accept, cached)
         except RegistryError as exc:
-            if cached is None or exc.status not in _OUTAGE_STATUSES:
+            if cached is None or not exc.is_outage:
                 raise
             # The cache is more available than the registry behind it: a pull that worked before still works.
             log.warning("serving stale %s/%s:%s (upstream: %s)", origin.registry, repository, tag, exc.message)

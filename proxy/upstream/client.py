@@ -51,6 +51,13 @@ class TagPage:
     link: str | None
 
 
+@dataclass(frozen=True)
+class ReferrersPage:
+    body: bytes
+    media_type: str
+    link: str | None
+
+
 class DownloadInterrupted(Exception):
     """The upstream connection broke while a blob was being read."""
 
@@ -143,6 +150,19 @@ class UpstreamRegistry:
         finally:
             await response.aclose()
         return TagPage(body, response.headers.get("link"))
+
+    async def get_referrers(self, repository: str, subject: Digest) -> ReferrersPage:
+        path = f"/v2/{repository}/referrers/{subject}"
+        headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
+        response = await self._send("GET", path, headers, what=str(subject))
+        try:
+            body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"referrers of {repository}@{subject}")
+        finally:
+            await response.aclose()
+        media_type = (
+            base_media_type(response.headers.get("content-type", "")) or "application/vnd.oci.image.index.v1+json"
+        )
+        return ReferrersPage(body, media_type, response.headers.get("link"))
 
     async def _send(
         self,

@@ -62,6 +62,7 @@ _UNPARSEABLE = frozenset({400})
 _TOO_LONG = frozenset({400, 404, 414})
 _HEADERS_TOO_LARGE = frozenset({400, 431})
 _BAD_QUERY = frozenset({400})
+_UNKNOWN_REGISTRY = frozenset({404})
 
 # Must never appear in a reply: it starts /etc/passwd. Callers add the content of a sentinel file of their own.
 PASSWD_MARKER = b"root:x:0:0:"
@@ -407,8 +408,12 @@ def hostile_requests(host: str, target: Target) -> list[HostileRequest]:
     add("root", "/", _NO_ROUTE)
     add("favicon", "/favicon.ico", _NO_ROUTE)
     # Query strings with junk.
-    add("ns traversal", f"/v2/{repo}/manifests/{tag}?ns=../../etc", _OK)
-    add("ns NUL", f"/v2/{repo}/manifests/{tag}?ns=%00&ns=..%2f..", _OK)
+    # An ns naming no configured registry is NAME_UNKNOWN, and never a connection anywhere.
+    add("ns traversal", f"/v2/{repo}/manifests/{tag}?ns=../../etc", _UNKNOWN_REGISTRY)
+    add("ns NUL", f"/v2/{repo}/manifests/{tag}?ns=%00&ns=..%2f..", _UNKNOWN_REGISTRY)
+    add("ns of an unconfigured registry", f"/v2/{repo}/manifests/{tag}?ns=evil.example.com", _UNKNOWN_REGISTRY)
+    add("prefix of an unconfigured registry", f"/v2/evil.example.com/{repo}/manifests/{tag}", _UNKNOWN_REGISTRY)
+    add("prefix with a port", f"/v2/127.0.0.1:1/{repo}/manifests/{tag}", _UNKNOWN_REGISTRY)
     add("n=-1", f"/v2/{repo}/tags/list?n=-1", _BAD_QUERY)
     add("n=99999999999", f"/v2/{repo}/tags/list?n=99999999999", _BAD_QUERY)
     add("n of 4000 digits", f"/v2/{repo}/tags/list?n={'9' * 4000}", _BAD_QUERY | _TOO_LONG)

@@ -96,6 +96,12 @@ class FakeRegistry:
                 return httpx.Response(404, json=_error("BLOB_UNKNOWN"))
             # Like Docker Hub: blobs live on a CDN on another host.
             return httpx.Response(307, headers={"Location": f"https://cdn.example.net/blobs/{ref}?verify=1"})
+        if kind == "referrers" and hasattr(self, "referrers_handler"):
+            response: httpx.Response = self.referrers_handler(request)
+            return response
+        if kind == "tags" and hasattr(self, "tags_handler"):
+            response = self.tags_handler(request)
+            return response
         if kind == "tags":
             tags = sorted(self.tags.get(repo, []))
             if repo not in self.tags:

@@ -1,0 +1,22 @@
+"""Resolving a request's repository name (and containerd's ``ns``) to its upstream."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.routing import Target
+from proxy.services import services
+
+__all__ = ["echo_namespace", "target"]
+
+
+def target(request: Request) -> Target:
+    return services(request).router.resolve(request.path_params["name"], request.query_params.get("ns"))
+
+
+def echo_namespace(response: Response, target: Target) -> Response:
+    # The distribution spec's proxying section: a registry that routes by ns SHOULD say so.
+    if target.namespace is not None:
+        response.headers["OCI-Namespace"] = target.namespace
+    return response
