@@ -92,7 +92,9 @@ class RegistryAuth(httpx.Auth):
             # Like Docker's client, learn how the upstream authenticates from /v2/ first: the real request
             # (a blob GET the upstream may count, or bill) is then sent once, already authorized.
             self._pinged = True
-            ping = yield httpx.Request("GET", request.url.copy_with(path="/v2/", query=None))
+            # Built here, so it lacks the client's default headers: carry the User-Agent over.
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("user-agent", "accept-encoding")}
+            ping = yield httpx.Request("GET", request.url.copy_with(path="/v2/", query=None), headers=headers)
             self._learn(ping)
         if self._basic_only and self._basic is not None:
             request.headers["Authorization"] = self._basic

@@ -131,3 +131,15 @@ async def test_token_service_down_is_a_registry_error() -> None:
             with pytest.raises(RegistryError) as info:
                 await client.get("/v2/x/manifests/1")
             assert info.value.status == 503
+
+
+async def test_auth_ping_carries_the_user_agent() -> None:
+    fake = FakeRegistry()
+    transport = httpx.MockTransport(fake)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client)
+        headers = {"User-Agent": "registry-proxy/test"}
+        async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport, headers=headers) as client:
+            await client.get("/v2/library/a/manifests/1")
+    pings = [r for r in fake.requests if r.url.path == "/v2/"]
+    assert pings and all(r.headers["user-agent"] == "registry-proxy/test" for r in pings)
