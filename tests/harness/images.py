@@ -2,16 +2,24 @@
 
 ``seed()`` pushes one image of each kind a registry proxy has to get right:
 
-======== =========================== ==============================================================================
-key      reference                   what
-======== =========================== ==============================================================================
-oci      library/oci-image:1         OCI image manifest, OCI config, two small gzip layers
-index    library/oci-index:1         OCI image index, linux/amd64 and linux/arm64/v8 OCI images
-docker   library/docker-image:1      Docker schema2 manifest, Docker config, two small gzip layers
-list     library/docker-list:1       Docker manifest list, linux/amd64 and linux/arm64/v8 schema2 images
-big      library/big:1               OCI image with one uncompressed tar layer of ``big_layer_mib`` MiB of random data
-private  private/secret:1            small OCI image, pullable only with credentials
-======== =========================== ==============================================================================
+============ ========================== ==========================================================================
+key          reference                  what
+============ ========================== ==========================================================================
+oci          library/oci-image:1        OCI image manifest, OCI config, two small gzip layers
+index        library/oci-index:1        OCI image index, linux/amd64 and linux/arm64/v8 OCI images
+docker       library/docker-image:1     Docker schema2 manifest, Docker config, two small gzip layers
+list         library/docker-list:1      Docker manifest list, linux/amd64 and linux/arm64/v8 schema2 images
+big          library/big:1              OCI image with one uncompressed tar layer of ``big_layer_mib`` MiB of random
+                                        data
+private      private/secret:1           small OCI image, pullable only with credentials
+busybox      library/busybox:1          runnable: Docker schema2 manifest, one gzip layer with the machine's
+                                        ``/bin/busybox`` and ``/bin/sh`` → busybox; ``Cmd`` echoes ``BUSYBOX_OUTPUT``
+busybox-oci  library/busybox-oci:1      the same as an OCI manifest and config
+============ ========================== ==========================================================================
+
+The busybox images are for the machine's own architecture (a container has to run here). Where ``/bin/busybox``
+(Debian package busybox-static) is missing or not static, they are not seeded, and ``images["busybox"]`` skips the
+test that asks for it, with the reason, instead of the whole session failing.
 
 Every image has blobs of its own (no layer is shared between two images), so a test can count upstream fetches per
 image without one pull warming the cache for another. All but the big layer are deterministic: same digests on every
@@ -20,12 +28,22 @@ run. Every blob also stays on disk in ``Images.store``, to compare what a client
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from platform import machine as machine_architecture
 
 from tests.harness.blobstore import BlobStore
-from tests.harness.layers import Layer, gzip_layer, image_config, image_manifest, index_manifest, random_tar_layer
+from tests.harness.layers import (
+    Layer,
+    gzip_layer,
+    image_config,
+    image_manifest,
+    index_manifest,
+    random_tar_layer,
+    rootfs_layer,
+)
 from tests.harness.oci import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -47,6 +65,13 @@ from tests.harness.registry import DistributionRegistry
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
 MIB = 1024 * 1024
+
+BUSYBOX_BINARY = Path("/bin/busybox")
+BUSYBOX_OUTPUT = "hello-from-busybox"
+"""What the busybox images print when run with their default command."""
+BUSYBOX_CMD = ("/bin/sh", "-c", f"echo {BUSYBOX_OUTPUT}")
+# machine_architecture() → the OCI platform of images that run on this machine.
+_NATIVE_PLATFORMS = {"x86_64": AMD64, "amd64": AMD64, "aarch64": ARM64, "arm64": ARM64}
 
 
 @dataclass(frozen=True)
@@ -109,14 +134,32 @@ class PushedImage:
 
 
 class Images(Mapping[str, PushedImage]):
-    """The seeded images by key ("oci", "index", "docker", "list", "big", "private"), and the blobs behind them."""
+    """The seeded images by key ("oci", "index", "docker", "list", "big", "private", "busybox", "busybox-oci"), and
+    the blobs behind them.
 
-    def __init__(self, store: BlobStore, images: Mapping[str, PushedImage]) -> None:
+    ``unavailable`` maps the keys that could not be seeded on this machine to the reason; asking for one skips the
+    current test with that reason (iteration, ``len`` and ``in`` see only the seeded images).
+    """
+
+    def __init__(
+        self, store: BlobStore, images: Mapping[str, PushedImage], unavailable: Mapping[str, str] | None = None
+    ) -> None:
         self.store = store
         self._images = dict(images)
+        self.unavailable = dict(unavailable or {})
 
     def __getitem__(self, key: str) -> PushedImage:
+        if key in self.unavailable and key not in self._images:
+            # Imported here: the harness is also used outside pytest (bench/), where no image is ever unavailable
+            # that bench asks for.
+            import pytest
+
+            pytest.skip(f"image {key!r} was not seeded: {self.unavailable[key]}")
         return self._images[key]
+
+    def __contains__(self, key: object) -> bool:
+        # Mapping's default goes through __getitem__, which would skip the test instead of answering False.
+        return key in self._images
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._images)
@@ -147,7 +190,51 @@ def seed(registry: DistributionRegistry, workdir: Path, *, big_layer_mib: int = 
                 "private", "private/secret", "1", OCI_MANIFEST, seeder.small_layers("private", 1, OCI_LAYER_GZIP)
             ),
         ]
-    return Images(store, {image.key: image for image in images})
+        unavailable: dict[str, str] = {}
+        native, busybox, reason = native_platform(), _static_busybox(), None
+        if native is None:
+            reason = f"no image platform for this machine's architecture {machine_architecture()!r}"
+        elif busybox is None:
+            reason = f"{BUSYBOX_BINARY} is missing or not statically linked (install Debian package busybox-static)"
+        if native is None or busybox is None:
+            unavailable = {"busybox": str(reason), "busybox-oci": str(reason)}
+        else:
+            images += [
+                seeder.busybox("busybox", "library/busybox", DOCKER_MANIFEST, DOCKER_LAYER_GZIP, busybox, native),
+                seeder.busybox("busybox-oci", "library/busybox-oci", OCI_MANIFEST, OCI_LAYER_GZIP, busybox, native),
+            ]
+    return Images(store, {image.key: image for image in images}, unavailable)
+
+
+def native_platform() -> Platform | None:
+    """The platform of images that run on this machine, or None for an architecture the harness does not know."""
+    return _NATIVE_PLATFORMS.get(machine_architecture().lower())
+
+
+def _static_busybox() -> bytes | None:
+    """The bytes of ``BUSYBOX_BINARY`` if it is a statically linked ELF executable (a dynamic one would not find its
+    libraries inside the image), else None."""
+    try:
+        data = BUSYBOX_BINARY.read_bytes()
+    except OSError:
+        return None
+    return data if _is_static_elf64(data) else None
+
+
+def _is_static_elf64(data: bytes) -> bool:
+    """True for a little-endian 64-bit ELF file without a PT_INTERP program header (i.e. no dynamic loader)."""
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return False
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    pt_interp = 3
+    for n in range(min(phnum, 256)):  # a corrupt header must not make this loop long
+        offset = phoff + n * phentsize
+        if offset + 4 > len(data):
+            return False
+        if struct.unpack_from("<I", data, offset)[0] == pt_interp:
+            return False
+    return True
 
 
 class _Seeder:
@@ -177,16 +264,32 @@ class _Seeder:
         media_type: str,
         layers: Sequence[Layer],
         platform: Platform = AMD64,
+        cmd: Sequence[str] = ("/bin/sh",),
     ) -> PushedImage:
         """Push config and layers, then the manifest under ``tag`` (or only by digest when None)."""
         config_type = OCI_CONFIG if media_type == OCI_MANIFEST else DOCKER_CONFIG
-        config = image_config(self.store, config_type, platform, layers, labels={"tests.harness.image": key})
+        labels = {"tests.harness.image": key}
+        config = image_config(self.store, config_type, platform, layers, labels=labels, cmd=cmd)
         blobs = (config, *(layer.descriptor for layer in layers))
         for blob in blobs:
             self.pusher.push_blob(repository, blob)
         manifest = image_manifest(media_type, config, layers)
         digest = self.pusher.push_manifest(repository, tag or sha256_digest(manifest), manifest, media_type)
         return PushedImage(key, repository, tag, digest, media_type, manifest, blobs, platform=platform)
+
+    def busybox(
+        self, key: str, repository: str, media_type: str, layer_type: str, busybox: bytes, platform: Platform
+    ) -> PushedImage:
+        """A runnable image: ``/bin/busybox``, ``/bin/sh`` → busybox, and a file naming ``key`` so that the two
+        busybox images share no layer (each image's upstream fetches stay countable on their own)."""
+        layer = rootfs_layer(
+            self.store,
+            layer_type,
+            executables={"bin/busybox": busybox},
+            files={"etc/tests-harness-image": f"{key}\n".encode()},
+            symlinks={"bin/sh": "busybox"},
+        )
+        return self.image(key, repository, "1", media_type, [layer], platform, cmd=BUSYBOX_CMD)
 
     def index(
         self, key: str, repository: str, tag: str, media_type: str, child_type: str, layer_type: str

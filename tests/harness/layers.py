@@ -44,6 +44,44 @@ def gzip_layer(store: BlobStore, files: Mapping[str, bytes], media_type: str) ->
     return Layer(descriptor, sha256_digest(tar))
 
 
+def rootfs_layer(
+    store: BlobStore,
+    media_type: str,
+    *,
+    executables: Mapping[str, bytes],
+    files: Mapping[str, bytes] | None = None,
+    symlinks: Mapping[str, str] | None = None,
+) -> Layer:
+    """A small gzip layer a container can run from: ``executables`` (mode 0755), ``files`` (0644) and ``symlinks``
+    (path → target), with a 0755 directory entry for every parent, all sorted by name, owned by root, dated 1970.
+
+    Parent directories get entries of their own because runtimes extract layers as given: without one, ``bin/``
+    would be created with whatever mode and owner the extracting tool picks.
+    """
+    regular = {**(files or {}), **executables}
+    links = dict(symlinks or {})
+    paths = [*regular, *links]
+    directories = {"/".join(path.split("/")[:n]) for path in paths for n in range(1, path.count("/") + 1)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        # Sorted, so a directory comes before what it holds and the bytes do not depend on dict order.
+        for name in sorted({*directories, *paths}):
+            if name in directories:
+                tar.addfile(_entry_info(name + "/", tarfile.DIRTYPE, 0o755))
+            elif name in links:
+                info = _entry_info(name, tarfile.SYMTYPE, 0o777)
+                info.linkname = links[name]
+                tar.addfile(info)
+            else:
+                data = regular[name]
+                info = _file_info(name, len(data))
+                info.mode = 0o755 if name in executables else 0o644
+                tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    descriptor = store.add_bytes(gzip.compress(data, compresslevel=6, mtime=EPOCH_MTIME), media_type)
+    return Layer(descriptor, sha256_digest(data))
+
+
 def random_tar_layer(store: BlobStore, size: int, media_type: str, name: str = "random.bin") -> Layer:
     """An uncompressed tar layer holding one file of ``size`` random bytes, streamed straight to disk.
 
@@ -68,6 +106,7 @@ def image_config(
     layers: Sequence[Layer],
     *,
     labels: Mapping[str, str] | None = None,
+    cmd: Sequence[str] = ("/bin/sh",),
 ) -> Descriptor:
     """An image config; the Docker and OCI config formats agree on every field used here."""
     config: dict[str, Any] = {
@@ -76,7 +115,7 @@ def image_config(
         "created": CREATED,
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["/bin/sh"],
+            "Cmd": list(cmd),
             "Labels": dict(labels or {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
@@ -111,10 +150,16 @@ def _json_bytes(value: dict[str, Any]) -> bytes:
 
 
 def _file_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
+    info = _entry_info(name, tarfile.REGTYPE, 0o644)
     info.size = size
+    return info
+
+
+def _entry_info(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
     info.mtime = EPOCH_MTIME
-    info.mode = 0o644
+    info.mode = mode
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
     return info

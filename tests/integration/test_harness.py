@@ -239,7 +239,7 @@ def test_seeded_blobs_are_on_disk(images: Images):
     big_layer = images["big"].layers[0]
 
     assert images.store.path(big_layer.digest).stat().st_size == big_layer.size
-    assert set(images) == {"oci", "index", "docker", "list", "big", "private"}
+    assert set(images) == {"oci", "index", "docker", "list", "big", "private", "busybox", "busybox-oci"}
     all_blobs = [blob.digest for image in images.values() for blob in image.content_blobs]
     assert len(all_blobs) == len(set(all_blobs)), "no two seeded images share a blob"
 

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, reject, settings, strategies as st
 from starlette.testclient import TestClient
 
 from proxy.app import create_app
@@ -31,14 +31,16 @@ from storage.references import is_registry, is_repository, is_tag
 from tests.unit.fakes import OCI_MANIFEST, REGISTRY, FakeRegistry
 
 # Requests go through the app's whole stack; a few milliseconds each is normal, hence no deadline. No example
-# database: a run must not depend on what earlier runs (on this machine only) happened to find.
+# database and derandomized: every run tries the same examples, so CI cannot pass or fail by luck (a new
+# finding comes from changing the strategies or max_examples, on purpose).
 REQUESTS = settings(
     max_examples=200,
     deadline=None,
     database=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-PURE = settings(max_examples=300, deadline=None, database=None)
+PURE = settings(max_examples=300, deadline=None, database=None, derandomize=True)
 
 # The characters that break paths, plus anything unicode (no surrogates: a URL carries UTF-8).
 HOSTILE_CHARS = st.one_of(
@@ -204,7 +206,10 @@ def test_tag_list_requests(proxy: Proxy, name: str, n: str | None, last: str | N
     method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "TRACE"]),
 )
 def test_any_path(proxy: Proxy, path: str, prefix: str, method: str) -> None:
-    response = proxy.client.request(method, prefix + encode(path))
+    try:
+        response = proxy.client.request(method, prefix + encode(path))
+    except httpx.InvalidURL:
+        reject()  # the test's own client refuses to send it (e.g. "///.." reads as an authority)
     check_reply(proxy, method, response)
     if method not in ("GET", "HEAD") and (prefix + path).startswith("/v2/"):
         assert response.status_code == 405
