@@ -11,12 +11,15 @@ hashed to the digest, both wall times and their ratio, and the proxy's peak RSS 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import socket
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,10 +42,55 @@ def fetch(url: str, results: list[str], errors: list[str], token: str | None = N
         results.append("sha256:" + result.stdout.split()[0])
 
 
-def pull_together(url: str, clients: int, token: str | None = None) -> tuple[float, list[str], list[str]]:
+def fetch_socket(url: str, results: list[str], errors: list[str], token: str | None = None) -> None:
+    """The leanest client: one socket, recv_into a reused buffer, hashlib (SHA extensions, GIL released)."""
+    parts = urlsplit(url)
+    headers = f"Authorization: Bearer {token}\r\n" if token else ""
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=300) as sock:
+            request = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{headers}Connection: close\r\n\r\n"
+            sock.sendall(request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+            head, _, body = head.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                errors.append(f"status {status.decode()}")
+                return
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            hasher = hashlib.sha256(body)
+            received = len(body)
+            buffer = bytearray(1 << 20)
+            view = memoryview(buffer)
+            while received < length:
+                n = sock.recv_into(view)
+                if n == 0:
+                    break
+                hasher.update(view[:n])
+                received += n
+            if received != length:
+                errors.append(f"short body: {received} of {length}")
+                return
+        results.append("sha256:" + hasher.hexdigest())
+    except (OSError, StopIteration, IndexError, ValueError) as exc:
+        errors.append(repr(exc))
+
+
+def pull_together(
+    url: str, clients: int, token: str | None = None, client: str = "curl"
+) -> tuple[float, list[str], list[str]]:
     results: list[str] = []
     errors: list[str] = []
-    threads = [threading.Thread(target=fetch, args=(url, results, errors, token)) for _ in range(clients)]
+    target = fetch_socket if client == "socket" else fetch
+    threads = [threading.Thread(target=target, args=(url, results, errors, token)) for _ in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -63,6 +111,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--mib", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--client",
+        choices=["curl", "socket"],
+        default="curl",
+        help="curl | openssl dgst per client (default), or one lean socket+hashlib thread per client",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-concurrent-") as tmp:
@@ -76,18 +130,18 @@ def main() -> None:
                 params={"service": "registry.docker.io", "scope": f"repository:{image.repository}:pull"},
                 timeout=30,
             ).json()["token"]
-            direct, _, direct_errors = pull_together(upstream.url + path, args.clients, token)
+            direct, _, direct_errors = pull_together(upstream.url + path, args.clients, token, args.client)
             assert not direct_errors, direct_errors
             print(f"reference: {args.clients} clients straight from Distribution (Go, no cache): {direct:.2f} s")
             singles, crowds, ratios, rss = [], [], [], []
             for round_ in range(args.rounds):
                 with ProxyServer(work / f"single-{round_}", upstream.url) as proxy:
-                    single, ok, errors = pull_together(proxy.url + path, 1)
+                    single, ok, errors = pull_together(proxy.url + path, 1, client=args.client)
                     assert ok == [layer.digest] and not errors, errors
                 with ProxyServer(work / f"crowd-{round_}", upstream.url) as proxy:
                     upstream.wait_quiet()
                     mark = upstream.mark()
-                    crowd, hashes, errors = pull_together(proxy.url + path, args.clients)
+                    crowd, hashes, errors = pull_together(proxy.url + path, args.clients, client=args.client)
                     upstream.wait_quiet()
                     gets = [r for r in upstream.requests_since(mark) if r.method == "GET" and r.path == path]
                     assert proxy._process is not None
