@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvicorn
@@ -13,6 +14,7 @@ import uvicorn
 from proxy import __version__
 from proxy.app import create_app
 from proxy.config import ConfigError, Settings, load
+from proxy.server import zero_copy_protocol
 from storage.verify import verify_blobs
 
 __all__ = ["main"]
@@ -20,6 +22,8 @@ __all__ = ["main"]
 # Docker's registry client keeps idle connections for 30 s; uvicorn's default of 5 s would make it
 # reconnect between nearly every layer of a pull.
 KEEP_ALIVE_SECONDS = 75
+# Concurrent blob responses being sent with sendfile; more wait their turn (each one may sit on a slow client).
+SENDFILE_THREADS = 64
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,17 +78,22 @@ def serve_forever(settings: Settings, log_level: str) -> int:
     )
     # httpx logs every request at INFO; our own log lines say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Threads that send blob bytes with sendfile; each may wait on one slow client.
+    sendfile_threads = ThreadPoolExecutor(max_workers=SENDFILE_THREADS, thread_name_prefix="sendfile")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http="httptools",
+        http=zero_copy_protocol(sendfile_threads),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=log_level,
         log_config=None,
         server_header=False,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    finally:
+        sendfile_threads.shutdown(wait=False, cancel_futures=True)
     return 0 if server.started else 1

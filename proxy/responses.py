@@ -10,9 +10,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import RegistryError
+from proxy.extensions import ZEROCOPY_SEND
 from proxy.pullthrough.blobs import BlobSource
 from proxy.pullthrough.errors import FillFailed
 from proxy.pullthrough.manifests import Manifest
+from proxy.pullthrough.segments import FileSegment
 from storage.digest import Digest
 
 __all__ = ["STALE_WARNING", "BlobResponse", "error_response", "manifest_response"]
@@ -70,6 +72,7 @@ class BlobResponse(Response):
             # Unknown size (the upstream streamed it chunked): let the server use chunked encoding too.
             self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._digest = digest
+        self._size = size
         self._source = source
         self._range = byte_range
 
@@ -79,13 +82,26 @@ class BlobResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         start, end = self._range if self._range is not None else (0, None)
+        # Zero-copy needs a known length: the server sends file bytes as they are, with no chunk framing.
+        zero_copy = ZEROCOPY_SEND in scope.get("extensions", {}) and self._size is not None
         disconnected = asyncio.create_task(_wait_for_disconnect(receive))
         try:
-            async with aclosing(self._source.stream(start, end)) as chunks:
+            async with aclosing(self._source.stream(start, end, zero_copy)) as chunks:
                 async for chunk in chunks:
                     if disconnected.done():
                         return
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if isinstance(chunk, FileSegment):
+                        await send(
+                            {
+                                "type": ZEROCOPY_SEND,
+                                "file": chunk,
+                                "offset": chunk.offset,
+                                "count": chunk.count,
+                                "more_body": True,
+                            }
+                        )
+                    else:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except FillFailed as exc:
             # Returning without finishing the body makes the server close the connection before the
             # announced length: the client sees a failed transfer, never a short or corrupt "success".

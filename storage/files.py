@@ -83,6 +83,9 @@ class FileReader:
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 
+    def fileno(self) -> int | None:
+        return self._fd if self._fd >= 0 else None
+
     async def read(self, offset: int, length: int) -> bytes:
         if self._fd < 0:
             raise ValueError("read from a closed reader")

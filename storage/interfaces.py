@@ -72,6 +72,10 @@ class BlobReader(Protocol):
         """Up to ``length`` bytes at ``offset``; fewer (or none) only at the current end of the data."""
         ...
 
+    def fileno(self) -> int | None:
+        """An OS file descriptor over the same bytes (for zero-copy sends), or None if the backend has none."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -8,8 +8,9 @@ from typing import Protocol
 
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
-from proxy.pullthrough.fill import CHUNK_SIZE, BlobFill, Download
+from proxy.pullthrough.fill import BlobFill, Download
 from proxy.pullthrough.relay import relay
+from proxy.pullthrough.segments import Chunk, chunk_size, next_chunk
 from proxy.pullthrough.singleflight import SingleFlight
 from proxy.routing import Origin
 from proxy.upstream.client import BlobDownload
@@ -27,7 +28,9 @@ class BlobSource(Protocol):
     @property
     def size(self) -> int | None: ...
 
-    def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]: ...
+    def stream(self, start: int = 0, end: int | None = None, zero_copy: bool = False) -> AsyncGenerator[Chunk, None]:
+        """Bytes ``start`` to ``end`` (exclusive); with ``zero_copy``, file segments where the source has a file."""
+        ...
 
 
 class CachedBlob:
@@ -40,7 +43,9 @@ class CachedBlob:
     def size(self) -> int:
         return self._size
 
-    async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+    async def stream(
+        self, start: int = 0, end: int | None = None, zero_copy: bool = False
+    ) -> AsyncGenerator[Chunk, None]:
         # Opened here rather than up front so that a response that never sends its body holds no file.
         try:
             opened = await self._store.open(self._digest)
@@ -53,12 +58,9 @@ class CachedBlob:
         pos = start
         try:
             while pos < end:
-                data = await reader.read(pos, min(CHUNK_SIZE, end - pos))
-                if not data:
-                    # The file is shorter than its recorded size: never pad, cut the response instead.
-                    raise FillFailed(f"cached {self._digest} is shorter than its recorded size")
-                pos += len(data)
-                yield data
+                chunk = await next_chunk(reader, pos, end - pos, zero_copy, str(self._digest))
+                pos += chunk_size(chunk)
+                yield chunk
         finally:
             await reader.close()
 
@@ -75,7 +77,9 @@ class RelayedBlob:
     def size(self) -> int | None:
         return self._download.size
 
-    async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+    async def stream(
+        self, start: int = 0, end: int | None = None, zero_copy: bool = False
+    ) -> AsyncGenerator[Chunk, None]:
         download = self._download
         if start:
             await download.aclose()

@@ -20,20 +20,23 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
 from proxy.pullthrough.relay import relay
+from proxy.pullthrough.segments import CHUNK_SIZE, Chunk, chunk_size, next_chunk
 from proxy.upstream.client import BlobDownload, DownloadInterrupted
 from storage.digest import Digest
 from storage.interfaces import BlobReader, BlobStore, BlobWriter, StorageError
 
-__all__ = ["CHUNK_SIZE", "BlobFill", "Download", "FillFailed"]
+__all__ = ["BlobFill", "Download", "FillFailed"]
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
 # Bytes received from the upstream but not yet handed to the writer, at most.
 _MAX_PENDING = 8 * 1024 * 1024
 # Resuming a broken download: attempts, and the pause before the first one (doubled each time).
 _RESUME_ATTEMPTS = 3
 _RESUME_BACKOFF = 0.25
+# A reader tailing a fill sends what is new once it is this big, or once it waited _BATCH_WAIT seconds for more.
+_BATCH = 1024 * 1024
+_BATCH_WAIT = 0.05
 
 Download = Callable[[int], Awaitable[BlobDownload]]
 """Opens the blob upstream at a byte offset."""
@@ -178,11 +181,19 @@ class BlobFill:
         self._written += n
         self._notify()
 
+    async def _wait_change(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+    async def stream(
+        self, start: int = 0, end: int | None = None, zero_copy: bool = False
+    ) -> AsyncGenerator[Chunk, None]:
         """Bytes ``start`` to ``end`` (exclusive; None = to the end), as they arrive."""
         reader = await self._open_reader()
         if reader is None:
@@ -191,17 +202,26 @@ class BlobFill:
                 yield data
             return
         pos = start
+        loop = asyncio.get_running_loop()
+        batch_deadline: float | None = None
         try:
             while end is None or pos < end:
                 limit = self._readable()
                 if end is not None:
                     limit = min(limit, end)
+                if pos < limit and limit - pos < _BATCH and self._state is _State.DOWNLOADING and limit != end:
+                    # Only a little is new: wait briefly for a batch, so that N readers tailing one fill do
+                    # not each make a send for every network chunk the fill writes.
+                    if batch_deadline is None:
+                        batch_deadline = loop.time() + _BATCH_WAIT
+                    if loop.time() < batch_deadline:
+                        await self._wait_change(batch_deadline - loop.time())
+                        continue
                 if pos < limit:
-                    data = await reader.read(pos, min(CHUNK_SIZE, limit - pos))
-                    if not data:
-                        raise FillFailed(f"cached data of {self.digest} ended early")
-                    pos += len(data)
-                    yield data
+                    batch_deadline = None
+                    chunk = await next_chunk(reader, pos, limit - pos, zero_copy, str(self.digest))
+                    pos += chunk_size(chunk)
+                    yield chunk
                 elif self._state is _State.DONE:
                     return
                 elif self._state is _State.FAILED:
