@@ -11,6 +11,7 @@ hashed to the digest, both wall times and their ratio, and the proxy's peak RSS 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import socket
 import statistics
@@ -18,11 +19,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+from bench.throttle import ThrottledRelay
 from tests.harness.images import seed
 from tests.harness.proxy_server import ProxyServer
 from tests.harness.registry import DistributionRegistry
@@ -112,6 +115,12 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--upstream-mbps",
+        type=float,
+        default=0,
+        help="cap the proxy's link to the upstream at this many megabits/s (0: loopback speed)",
+    )
+    parser.add_argument(
         "--client",
         choices=["curl", "socket"],
         default="curl",
@@ -133,34 +142,56 @@ def main() -> None:
             direct, _, direct_errors = pull_together(upstream.url + path, args.clients, token, args.client)
             assert not direct_errors, direct_errors
             print(f"reference: {args.clients} clients straight from Distribution (Go, no cache): {direct:.2f} s")
-            singles, crowds, ratios, rss = [], [], [], []
-            for round_ in range(args.rounds):
-                with ProxyServer(work / f"single-{round_}", upstream.url) as proxy:
-                    single, ok, errors = pull_together(proxy.url + path, 1, client=args.client)
-                    assert ok == [layer.digest] and not errors, errors
-                with ProxyServer(work / f"crowd-{round_}", upstream.url) as proxy:
-                    upstream.wait_quiet()
-                    mark = upstream.mark()
-                    crowd, hashes, errors = pull_together(proxy.url + path, args.clients, client=args.client)
-                    upstream.wait_quiet()
-                    gets = [r for r in upstream.requests_since(mark) if r.method == "GET" and r.path == path]
-                    assert proxy._process is not None
-                    rss.append(peak_rss_mib(proxy._process.pid))
-                good = sum(1 for h in hashes if h == layer.digest)
-                singles.append(single)
-                crowds.append(crowd)
-                ratios.append(crowd / single)
-                print(
-                    f"round {round_ + 1}: {args.clients} clients: upstream GETs of the blob: {len(gets)} "
-                    f"(statuses {[r.status for r in gets]}); bodies hashing to the digest: {good}/{args.clients}; "
-                    f"errors: {len(errors)}; one client {single:.2f} s, {args.clients} clients {crowd:.2f} s "
-                    f"(x{crowd / single:.2f}); proxy peak RSS {rss[-1]:.0f} MiB"
-                )
+            with contextlib.ExitStack() as stack:
+                upstream_url = upstream.url
+                if args.upstream_mbps:
+                    assert upstream.port is not None
+                    rate = args.upstream_mbps * 1e6 / 8
+                    relay = stack.enter_context(ThrottledRelay("127.0.0.1", upstream.port, rate))
+                    upstream_url = relay.url
+                    print(f"the proxy reaches the upstream through a {args.upstream_mbps:.0f} Mbit/s link")
+                rounds = [
+                    one_round(args, work, number, upstream, upstream_url, path, layer.digest)
+                    for number in range(args.rounds)
+                ]
             print(
-                f"median: one client {statistics.median(singles):.2f} s, {args.clients} clients "
-                f"{statistics.median(crowds):.2f} s, ratio x{statistics.median(ratios):.2f}, "
-                f"peak RSS max {max(rss):.0f} MiB ({image.layers[0].size / 2**20:.0f} MiB blob)"
+                f"median: one client {statistics.median(r.single for r in rounds):.2f} s, {args.clients} clients "
+                f"{statistics.median(r.crowd for r in rounds):.2f} s, "
+                f"ratio x{statistics.median(r.crowd / r.single for r in rounds):.2f}, "
+                f"peak RSS max {max(r.peak_rss_mib for r in rounds):.0f} MiB ({layer.size / 2**20:.0f} MiB blob)"
             )
+
+
+@dataclass(frozen=True)
+class Round:
+    single: float  # seconds for one client on a cold cache
+    crowd: float  # seconds for all clients at once on a cold cache
+    peak_rss_mib: float
+
+
+def one_round(
+    args: argparse.Namespace, work: Path, number: int, upstream: DistributionRegistry, upstream_url: str, path: str,
+    digest: str,
+) -> Round:  # fmt: skip
+    with ProxyServer(work / f"single-{number}", upstream_url) as proxy:
+        single, ok, errors = pull_together(proxy.url + path, 1, client=args.client)
+        assert ok == [digest] and not errors, errors
+    with ProxyServer(work / f"crowd-{number}", upstream_url) as proxy:
+        upstream.wait_quiet()
+        mark = upstream.mark()
+        crowd, hashes, errors = pull_together(proxy.url + path, args.clients, client=args.client)
+        upstream.wait_quiet()
+        gets = [r for r in upstream.requests_since(mark) if r.method == "GET" and r.path == path]
+        assert proxy._process is not None
+        rss = peak_rss_mib(proxy._process.pid)
+    good = sum(1 for h in hashes if h == digest)
+    print(
+        f"round {number + 1}: {args.clients} clients: upstream GETs of the blob: {len(gets)} "
+        f"(statuses {[r.status for r in gets]}); bodies hashing to the digest: {good}/{args.clients}; "
+        f"errors: {len(errors)}; one client {single:.2f} s, {args.clients} clients {crowd:.2f} s "
+        f"(x{crowd / single:.2f}); proxy peak RSS {rss:.0f} MiB"
+    )
+    return Round(single, crowd, rss)
 
 
 if __name__ == "__main__":
