@@ -22,8 +22,9 @@ __all__ = ["main"]
 # Docker's registry client keeps idle connections for 30 s; uvicorn's default of 5 s would make it
 # reconnect between nearly every layer of a pull.
 KEEP_ALIVE_SECONDS = 75
-# Concurrent blob responses being sent with sendfile; more wait their turn (each one may sit on a slow client).
-SENDFILE_THREADS = 64
+# Blob segments being sent with sendfile at once; more wait their turn. Each may sit on a slow client for
+# as long as it reads, so there are plenty: idle threads cost little memory.
+SENDFILE_THREADS = 256
 
 
 def main(argv: list[str] | None = None) -> int:
