@@ -7,5 +7,7 @@
 - ``images``: the seeded images, built offline (``layers``, ``oci``, ``blobstore``) and pushed over the registry
   HTTP API (``push``, ``challenge``).
 - ``skopeo``: a real client, pulling from the registry or through the proxy.
+- ``faults``: a fault-injecting reverse proxy to put in front of the registry (``fault_kinds``: the faults it
+  injects; ``http1``: the HTTP/1.1 it speaks by hand).
 - ``deadline``, ``ports``: bounded waits and free ports.
 """

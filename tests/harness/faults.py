@@ -15,6 +15,10 @@ its own event loop in a background thread, so synchronous tests can drive it and
 Body framing: a body with a Content-Length keeps it; a chunked body stays chunked (the chunk boundaries may move);
 a body that the target delimits by closing the connection is sent chunked, so that a cut always shows to the client
 as an incomplete body. Fault offsets count body bytes, never chunk framing.
+
+The fault kinds are defined in :mod:`tests.harness.fault_kinds` and the HTTP/1.1 message code in
+:mod:`tests.harness.http1`; this module re-exports the fault kinds (and every constant it has always offered), so
+tests import everything from here.
 """
 
 from __future__ import annotations
@@ -22,34 +26,86 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import re
 import socket
 import struct
 import termios
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from tests.harness.deadline import poll_until
+from tests.harness.fault_kinds import (
+    MAX_FAULT_SECONDS,
+    AnyFault,
+    CutAfter,
+    Delay,
+    Fault,
+    FlipByte,
+    Respond,
+    StallAfter,
+    registry_error,
+)
+from tests.harness.http1 import (
+    CHUNK,
+    HEAD_LIMIT,
+    HOP_BY_HOP,
+    IO_TIMEOUT,
+    MAX_BODY_READS,
+    MAX_HEAD_ROUNDS,
+    BodyReader,
+    Framing,
+    Head,
+    ProtocolError,
+    Response,
+    discard,
+    encode_head,
+    end_to_end,
+    read_head,
+    read_response_head,
+    request_framing,
+    response_framing,
+    send,
+)
 from tests.harness.ports import LOOPBACK
+
+# Every name this module has always offered, wherever it is defined now: the fault kinds live in fault_kinds, and
+# the HTTP/1.1 constants in http1.
+__all__ = [
+    "CHUNK",
+    "CONNECT_TIMEOUT",
+    "CONTROL_TIMEOUT",
+    "HEAD_LIMIT",
+    "HOP_BY_HOP",
+    "IDLE_TIMEOUT",
+    "IO_TIMEOUT",
+    "MAX_BODY_READS",
+    "MAX_FAULT_SECONDS",
+    "MAX_HEAD_ROUNDS",
+    "MAX_REQUESTS_PER_CONNECTION",
+    "RESET_FLUSH_TIMEOUT",
+    "AnyFault",
+    "CutAfter",
+    "Delay",
+    "Fault",
+    "FaultHandle",
+    "FaultyRequest",
+    "FaultyUpstream",
+    "FlipByte",
+    "Framing",
+    "Respond",
+    "StallAfter",
+    "registry_error",
+]
 
 T = TypeVar("T")
 
-CHUNK: Final = 64 * 1024
-"""The most body bytes read or written in one step; with the stream buffers, what one transfer holds in memory."""
-HEAD_LIMIT: Final = 64 * 1024
-"""The longest message head (start line and headers) accepted from either side; also each stream's buffer limit."""
-MAX_FAULT_SECONDS: Final = 120.0
-"""No Delay or StallAfter may wait longer: a typo must not hang a test run."""
 CONNECT_TIMEOUT: Final = 5.0
-IO_TIMEOUT: Final = 60.0
-"""Any one read or write on either side; a 200 MiB blob moves in many of them."""
 IDLE_TIMEOUT: Final = 60.0
 """How long a kept-alive client connection may wait for its next request."""
 CONTROL_TIMEOUT: Final = 10.0
@@ -57,160 +113,9 @@ CONTROL_TIMEOUT: Final = 10.0
 RESET_FLUSH_TIMEOUT: Final = 5.0
 """CutAfter(reset=True): how long to wait for the client to acknowledge the bytes it is meant to get."""
 MAX_REQUESTS_PER_CONNECTION: Final = 100_000
-MAX_BODY_READS: Final = 10_000_000
-MAX_HEAD_ROUNDS: Final = 10
-"""Interim (1xx) responses skipped, and trailer lines read, at most."""
-
-# RFC 9110 7.6.1, plus Proxy-Connection, which some clients still send. Expect is answered here (see _exchange).
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
-# A body is delimited by a length, by chunked framing, or by the end of the connection.
-Framing = int | Literal["chunked", "close"]
 
 
 # -- faults ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fault:
-    """What every kind of fault matches on: ``method`` (any if None) and ``path``, a regular expression searched in
-    the raw path (percent-encoding intact, without the query string). A fault applies to the next ``times``
-    matching requests, or to every one when ``times`` is None, until it is removed.
-
-    Each request gets at most one fault: the first active one, in the order they were added, that matches it.
-    Matching requests count even where the fault has nothing to act on (a HEAD for a CutAfter, say): pass
-    ``method="GET"`` to aim at bodies.
-    """
-
-    path: str = ""
-    method: str | None = None
-    times: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.times is not None and self.times < 1:
-            raise ValueError(f"times must be at least 1, or None for every request; got {self.times}")
-        re.compile(self.path)  # a bad pattern fails here, in the test, not later in the proxy's thread
-
-    @property
-    def kind(self) -> str:
-        return type(self).__name__
-
-
-@dataclass(frozen=True)
-class Delay(Fault):
-    """Wait ``seconds`` before forwarding the request."""
-
-    seconds: float
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_seconds(self.seconds)
-
-
-@dataclass(frozen=True)
-class CutAfter(Fault):
-    """Forward status, headers and the first ``n_bytes`` of the body, then end the connection.
-
-    By default the connection ends with a FIN once those bytes are sent: the client reads exactly ``n_bytes`` and
-    then an end of stream before the body is complete (httpx: RemoteProtocolError). ``reset=True`` waits (bounded)
-    until the client's kernel has acknowledged the bytes and then sends an RST (SO_LINGER 0): the client reads them
-    and then gets ECONNRESET (httpx: ReadError). A body of ``n_bytes`` or fewer passes untouched.
-    """
-
-    n_bytes: int
-    reset: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_bytes(self.n_bytes)
-
-
-@dataclass(frozen=True)
-class FlipByte(Fault):
-    """Forward everything, with the body byte at ``offset`` XORed with 0xFF (a body too short passes untouched)."""
-
-    offset: int
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_bytes(self.offset)
-
-
-@dataclass(frozen=True)
-class Respond(Fault):
-    """Answer without contacting the target. Content-Length is added unless ``headers`` has one (the connection is
-    then closed after the response if it disagrees with ``body``)."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 200 <= self.status <= 999:
-            raise ValueError(f"Respond needs a final status (200-999); got {self.status}")
-
-
-@dataclass(frozen=True)
-class StallAfter(Fault):
-    """Forward status, headers and the first ``n_bytes`` of the body, go silent for ``seconds``, then end the
-    connection as CutAfter does. For read timeouts. A body of ``n_bytes`` or fewer passes untouched."""
-
-    n_bytes: int
-    seconds: float
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_bytes(self.n_bytes)
-        _check_seconds(self.seconds)
-
-
-AnyFault = Delay | CutAfter | FlipByte | Respond | StallAfter
-
-
-def registry_error(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    path: str = "",
-    method: str | None = None,
-    times: int | None = None,
-) -> Respond:
-    """A Respond with a registry API error body, e.g. ``registry_error(429, "TOOMANYREQUESTS", "slow down",
-    headers={"Retry-After": "7"})``."""
-    body = json.dumps({"errors": [{"code": code, "message": message, "detail": {}}]}).encode("utf-8")
-    return Respond(
-        status,
-        {"Content-Type": "application/json", **(headers or {})},
-        body,
-        path=path,
-        method=method,
-        times=times,
-    )
-
-
-def _check_seconds(seconds: float) -> None:
-    if not 0 <= seconds <= MAX_FAULT_SECONDS:
-        raise ValueError(f"seconds must be between 0 and {MAX_FAULT_SECONDS}; got {seconds}")
-
-
-def _check_bytes(n: int) -> None:
-    if n < 0:
-        raise ValueError(f"a byte count or offset cannot be negative; got {n}")
 
 
 class FaultHandle:
@@ -543,10 +448,6 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 # -- one client connection ---------------------------------------------------------------------------------------------
 
 
-class _ProtocolError(Exception):
-    """A message that is not HTTP/1.1 as this proxy understands it."""
-
-
 class _ClientGone(Exception):
     """The client's side failed while its request body was being forwarded."""
 
@@ -569,10 +470,10 @@ class _Connection:
     async def serve(self) -> None:
         try:
             for _ in range(MAX_REQUESTS_PER_CONNECTION):
-                head = await _read_head(self.reader, IDLE_TIMEOUT)
+                head = await read_head(self.reader, IDLE_TIMEOUT)
                 if head is None or not await self._exchange(head):
                     break
-        except (_ProtocolError, _ClientGone, OSError, TimeoutError, asyncio.IncompleteReadError):
+        except (ProtocolError, _ClientGone, OSError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or spoke nonsense: nobody to answer
         finally:
             self._close_upstream()
@@ -591,7 +492,7 @@ class _Connection:
         if self.task is not None:
             self.task.cancel()
 
-    async def _exchange(self, request: _Head) -> bool:
+    async def _exchange(self, request: Head) -> bool:
         """Answer one request; True if the client connection can carry another one."""
         method, target, version = request.start
         path = target.partition(b"?")[0]
@@ -605,12 +506,12 @@ class _Connection:
             # Expect is answered here, and dropped upstream: the client sends its body at once and the target never
             # makes anyone wait for a 100 that would have to be passed on.
             if b"100-continue" in request.tokens(b"expect"):
-                await _send(self.writer, b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = _BodyReader(self.reader, _request_framing(request))
+                await send(self.writer, b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = BodyReader(self.reader, request_framing(request))
             if isinstance(fault, Delay):
                 await asyncio.sleep(fault.seconds)
             if isinstance(fault, Respond):
-                await _discard(body)
+                await discard(body)
                 headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fault.headers.items()]
                 return await self._respond(entry, method, fault.status, headers, fault.body, client_keeps)
             try:
@@ -646,23 +547,23 @@ class _Connection:
         except ValueError:
             reason = "Unknown"
         entry.status = status
-        await _send(self.writer, _encode_head(f"HTTP/1.1 {status} {reason}".encode("latin-1"), headers))
+        await send(self.writer, encode_head(f"HTTP/1.1 {status} {reason}".encode("latin-1"), headers))
         if method != b"HEAD" and body:
-            await _send(self.writer, body)
+            await send(self.writer, body)
             entry.sent = len(body)
         return keep
 
-    async def _forward(self, request: _Head, body: _BodyReader) -> _Response:
+    async def _forward(self, request: Head, body: BodyReader) -> Response:
         """Send the request on to the target and read its response head."""
         method, target, _ = request.start
         framing = body.framing
         # Host is the target's; Expect is answered here; a chunked body has no length (RFC 9112 6.3).
         dropped = {b"host", b"expect", b"content-length"} if framing == "chunked" else {b"host", b"expect"}
         headers = [(b"Host", self.owner._host_header)]
-        headers += [(name, value) for name, value in _end_to_end(request) if name.lower() not in dropped]
+        headers += [(name, value) for name, value in end_to_end(request) if name.lower() not in dropped]
         if framing == "chunked":
             headers.append((b"Transfer-Encoding", b"chunked"))
-        head = _encode_head(b" ".join((method, target, b"HTTP/1.1")), headers)
+        head = encode_head(b" ".join((method, target, b"HTTP/1.1")), headers)
         # A kept-alive target connection may have been closed by the target meanwhile (a restart, say): then a
         # request without a body is sent again, once, on a new connection, as HTTP clients do.
         for attempt in range(2):
@@ -670,45 +571,43 @@ class _Connection:
             reader, writer = self._upstream or await self.owner._open_upstream()
             self._upstream = reader, writer
             try:
-                await _send(writer, head)
+                await send(writer, head)
                 await _copy_request_body(body, writer)
-                response = await _read_response_head(reader)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, _ProtocolError) as exc:
+                response = await read_response_head(reader)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
                 self._close_upstream()
                 if attempt == 0 and reused and framing == 0:
                     continue
                 raise _UpstreamDown(f"{self.owner.target_url} failed: {exc!r}") from exc
-            return _Response(response, reader)
+            return Response(response, reader)
         raise AssertionError("unreachable")
 
     async def _relay(
-        self, entry: _Entry, method: bytes, response: _Response, fault: AnyFault | None, client_keeps: bool
+        self, entry: _Entry, method: bytes, response: Response, fault: AnyFault | None, client_keeps: bool
     ) -> bool:
         """Stream the target's response to the client, applying a body fault on the way."""
         head = response.head
         status = response.status
-        framing = _response_framing(method, status, head)
+        framing = response_framing(method, status, head)
         target_keeps = head.start[0] == b"HTTP/1.1" and b"close" not in head.tokens(b"connection")
         chunked_out = framing in ("chunked", "close")
         headers = [
-            (name, value)
-            for name, value in _end_to_end(head)
-            if not (chunked_out and name.lower() == b"content-length")
+            (name, value) for name, value in end_to_end(head) if not (chunked_out and name.lower() == b"content-length")
         ]
         if chunked_out:
             headers.append((b"Transfer-Encoding", b"chunked"))
         if not client_keeps:
             headers.append((b"Connection", b"close"))
         entry.status = status
-        await _send(self.writer, _encode_head(b" ".join(head.start), headers))
+        await send(self.writer, encode_head(b" ".join(head.start), headers))
 
         limit = fault.n_bytes if isinstance(fault, CutAfter | StallAfter) else None
         flip = fault.offset if isinstance(fault, FlipByte) else None
-        body = _BodyReader(response.reader, framing)
+        body = BodyReader(response.reader, framing)
         for _ in range(MAX_BODY_READS):
             try:
                 piece = await body.read()
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, _ProtocolError):
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError):
                 # The target broke off mid-body: pass that on, as an incomplete body.
                 await self._hang_up(reset=False)
                 return False
@@ -725,9 +624,9 @@ class _Connection:
                 return False
             await self._write_piece(entry, piece, chunked_out)
         else:
-            raise _ProtocolError(f"a body longer than {MAX_BODY_READS} reads")
+            raise ProtocolError(f"a body longer than {MAX_BODY_READS} reads")
         if chunked_out:
-            await _send(self.writer, b"0\r\n\r\n")
+            await send(self.writer, b"0\r\n\r\n")
         if not (target_keeps and framing != "close"):
             self._close_upstream()
         return client_keeps
@@ -736,9 +635,9 @@ class _Connection:
         if not piece:
             return  # an empty chunk would end a chunked body
         if chunked:
-            await _send(self.writer, b"%x\r\n" % len(piece), piece, b"\r\n")
+            await send(self.writer, b"%x\r\n" % len(piece), piece, b"\r\n")
         else:
-            await _send(self.writer, piece)
+            await send(self.writer, piece)
         entry.sent += len(piece)
 
     async def _hang_up(self, *, reset: bool) -> None:
@@ -769,166 +668,7 @@ class _Connection:
             upstream[1].transport.abort()
 
 
-# -- HTTP/1.1 messages -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Head:
-    """A message head: the start line in its three parts, and the header fields as they came, in order."""
-
-    start: tuple[bytes, bytes, bytes]
-    headers: list[tuple[bytes, bytes]]
-
-    def get(self, name: bytes) -> bytes | None:
-        return next((value for key, value in self.headers if key.lower() == name), None)
-
-    def tokens(self, name: bytes) -> set[bytes]:
-        """The comma-separated values of every ``name`` field, lowercased: for Connection, Expect and the like."""
-        return {
-            token.strip().lower()
-            for key, value in self.headers
-            if key.lower() == name
-            for token in value.split(b",")
-            if token.strip()
-        }
-
-
-@dataclass(frozen=True)
-class _Response:
-    head: _Head
-    reader: asyncio.StreamReader
-
-    @property
-    def status(self) -> int:
-        return int(self.head.start[1])
-
-
-async def _read_head(reader: asyncio.StreamReader, timeout: float) -> _Head | None:
-    """The next message head; None at a clean end of stream before one."""
-    try:
-        async with asyncio.timeout(timeout):
-            raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise _ProtocolError("the stream ended inside a message head") from exc
-        return None
-    except asyncio.LimitOverrunError as exc:
-        raise _ProtocolError(f"a message head longer than {HEAD_LIMIT} bytes") from exc
-    start_line, *lines = raw[:-4].split(b"\r\n")
-    parts = start_line.split(b" ", 2)
-    if len(parts) == 2 and parts[0].startswith(b"HTTP/"):
-        parts.append(b"")  # a status line without a reason phrase
-    if len(parts) != 3:
-        raise _ProtocolError(f"malformed start line {start_line!r}")
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip():
-            raise _ProtocolError(f"malformed header line {line!r}")
-        headers.append((name, value.strip(b" \t")))
-    return _Head((parts[0], parts[1], parts[2]), headers)
-
-
-async def _read_response_head(reader: asyncio.StreamReader) -> _Head:
-    """The target's final response head, after any interim (1xx) ones."""
-    for _ in range(MAX_HEAD_ROUNDS):
-        head = await _read_head(reader, IO_TIMEOUT)
-        if head is None:
-            raise ConnectionResetError("the target closed the connection without a response")
-        if not head.start[0].startswith(b"HTTP/1.") or not head.start[1].isdigit() or len(head.start[1]) != 3:
-            raise _ProtocolError(f"malformed status line {b' '.join(head.start)!r}")
-        if not 100 <= int(head.start[1]) < 200 or head.start[1] == b"101":
-            return head
-    raise _ProtocolError(f"more than {MAX_HEAD_ROUNDS} interim responses")
-
-
-def _encode_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([start_line, b"\r\n", *(name + b": " + value + b"\r\n" for name, value in headers), b"\r\n"])
-
-
-def _end_to_end(head: _Head) -> list[tuple[bytes, bytes]]:
-    """The header fields a proxy passes on: not hop-by-hop ones, nor those that Connection names."""
-    dropped = HOP_BY_HOP | head.tokens(b"connection")
-    return [(name, value) for name, value in head.headers if name.lower() not in dropped]
-
-
-def _content_length(head: _Head) -> int | None:
-    values = {value.strip() for key, value in head.headers if key.lower() == b"content-length"}
-    if not values:
-        return None
-    if len(values) != 1 or not (value := values.pop()).isdigit():
-        raise _ProtocolError(f"bad Content-Length {sorted(values)!r}")
-    return int(value)
-
-
-def _request_framing(head: _Head) -> Framing:
-    if b"chunked" in head.tokens(b"transfer-encoding"):
-        return "chunked"
-    return _content_length(head) or 0
-
-
-def _response_framing(method: bytes, status: int, head: _Head) -> Framing:
-    if method == b"HEAD" or 100 <= status < 200 or status in (204, 304):
-        return 0
-    if b"chunked" in head.tokens(b"transfer-encoding"):
-        return "chunked"
-    length = _content_length(head)
-    return "close" if length is None else length
-
-
-class _BodyReader:
-    """Reads one message body off a stream, a piece at a time, undoing chunked framing."""
-
-    def __init__(self, reader: asyncio.StreamReader, framing: Framing) -> None:
-        self.reader = reader
-        self.framing: Framing = framing
-        self.done = framing == 0
-        self._left = framing if isinstance(framing, int) else 0
-        """Bytes left in the body (length framing) or in the current chunk (chunked)."""
-
-    async def read(self) -> bytes:
-        """Up to CHUNK more bytes of the body; b"" once it is complete. Raises if the stream ends before that."""
-        if self.done:
-            return b""
-        async with asyncio.timeout(IO_TIMEOUT):
-            if self.framing == "close":
-                data = await self.reader.read(CHUNK)
-                self.done = not data
-                return data
-            if self.framing == "chunked" and self._left == 0:
-                self._left = await self._chunk_size()
-                if self._left == 0:
-                    await self._skip_trailers()
-                    self.done = True
-                    return b""
-            data = await self.reader.read(min(CHUNK, self._left))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", self._left)
-            self._left -= len(data)
-            if self._left == 0:
-                if self.framing == "chunked":
-                    if await self.reader.readexactly(2) != b"\r\n":
-                        raise _ProtocolError("chunk data not followed by CRLF")
-                else:
-                    self.done = True
-            return data
-
-    async def _chunk_size(self) -> int:
-        line = await self.reader.readuntil(b"\r\n")
-        size = line[:-2].partition(b";")[0].strip()
-        try:
-            return int(size, 16)
-        except ValueError as exc:
-            raise _ProtocolError(f"bad chunk size line {line!r}") from exc
-
-    async def _skip_trailers(self) -> None:
-        for _ in range(MAX_HEAD_ROUNDS):
-            if await self.reader.readuntil(b"\r\n") == b"\r\n":
-                return
-        raise _ProtocolError(f"more than {MAX_HEAD_ROUNDS} trailer lines")
-
-
-async def _copy_request_body(body: _BodyReader, upstream: asyncio.StreamWriter) -> None:
+async def _copy_request_body(body: BodyReader, upstream: asyncio.StreamWriter) -> None:
     """Forward the client's request body (re-chunked if it came chunked). Client failures raise _ClientGone, so that
     they are not taken for the target's."""
     chunked = body.framing == "chunked"
@@ -937,29 +677,15 @@ async def _copy_request_body(body: _BodyReader, upstream: asyncio.StreamWriter) 
     for _ in range(MAX_BODY_READS):
         try:
             data = await body.read()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, _ProtocolError) as exc:
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
             raise _ClientGone(repr(exc)) from exc
         if not data:
             break
-        await _send(upstream, *((b"%x\r\n" % len(data), data, b"\r\n") if chunked else (data,)))
+        await send(upstream, *((b"%x\r\n" % len(data), data, b"\r\n") if chunked else (data,)))
     else:
         raise _ClientGone(f"a request body longer than {MAX_BODY_READS} reads")
     if chunked:
-        await _send(upstream, b"0\r\n\r\n")
-
-
-async def _discard(body: _BodyReader) -> None:
-    """Read a request body that is answered without being forwarded, so that the connection stays usable."""
-    for _ in range(MAX_BODY_READS):
-        if not await body.read():
-            return
-    raise _ProtocolError(f"a request body longer than {MAX_BODY_READS} reads")
-
-
-async def _send(writer: asyncio.StreamWriter, *parts: bytes) -> None:
-    writer.writelines(parts)
-    async with asyncio.timeout(IO_TIMEOUT):
-        await writer.drain()
+        await send(upstream, b"0\r\n\r\n")
 
 
 def _flipped(piece: bytes, index: int) -> bytes:
