@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.throttle import ThrottledRelay
 from tests.harness.images import seed
 from tests.harness.proxy_server import ProxyServer
 from tests.harness.registry import DistributionRegistry
+from tests.harness.throttle import ThrottledRelay
 from tests.harness.tokens import TokenIssuer
 
 

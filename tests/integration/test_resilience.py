@@ -24,6 +24,7 @@ from tests.harness.proxy_server import ProxyServer
 from tests.harness.push import Pusher
 from tests.harness.registry import DistributionRegistry
 from tests.harness.skopeo import read_dir_layout, skopeo_copy
+from tests.harness.throttle import ThrottledRelay
 from tests.harness.tokens import TokenIssuer
 
 
@@ -251,3 +252,27 @@ def test_full_disk_still_serves_the_blob(
         assert sha256_of_stream(url) == blob.digest
         assert partial_files(tiny_disk) == []
         assert "No space left on device" in proxy.log_path.read_text()
+
+
+def test_fill_finishes_after_its_client_leaves(upstream_registry: DistributionRegistry, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40_000  # 10 MB
+    blob = push_blob(upstream_registry, tmp_path, "library/abandoned", data)
+    assert upstream_registry.port is not None
+    # A slow link (~40 Mbit/s: about 2 s for this blob), so that the client surely leaves mid-fill.
+    with (
+        ThrottledRelay("127.0.0.1", upstream_registry.port, 5_000_000) as relay,
+        ProxyServer(tmp_path / "proxy", relay.url) as proxy,
+    ):
+        url = f"{proxy.url}/v2/library/abandoned/blobs/{blob.digest}"
+        upstream_registry.wait_quiet()
+        mark = upstream_registry.mark()
+        with httpx.stream("GET", url, timeout=30) as response:
+            first = next(response.iter_raw(65536))
+            assert first and len(first) < len(data)
+        # The client is gone; the blob still lands in the cache, whole and verified.
+        cached = proxy.cache_dir / "blobs" / "sha256" / blob.hex[:2] / blob.hex
+        poll_until(lambda: True if cached.is_file() else None, timeout=30, what="the abandoned fill to commit")
+        assert sha256_of_stream(url) == blob.digest
+        upstream_registry.wait_quiet()
+        gets = [r for r in upstream_registry.requests_since(mark) if r.method == "GET" and blob.digest in r.path]
+        assert [r.status for r in gets] == [200]
