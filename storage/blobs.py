@@ -63,16 +63,25 @@ class FilesystemBlobStore:
 
     async def create(self, digest: Digest) -> FilesystemBlobWriter:
         final = self._path(digest)
+        partial = new_partial_path(final)
         try:
-            await aiofiles.os.makedirs(final.parent, exist_ok=True)
-            partial = new_partial_path(final)
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = await _create_exclusive(partial)
         except OSError as exc:
             raise StorageError(f"cannot create a cache file for {digest}: {exc.strerror}") from exc
         return FilesystemBlobWriter(digest, final, partial, fd)
 
     async def sweep(self) -> int:
         return await asyncio.to_thread(sweep_partials, self._root)
+
+
+async def _create_exclusive(path: Path) -> int:
+    try:
+        await aiofiles.os.makedirs(path.parent, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        # A cancelled writer removed the (then empty) directory between the two calls: once more.
+        await aiofiles.os.makedirs(path.parent, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
 
 class FilesystemBlobWriter:
@@ -148,6 +157,11 @@ class FilesystemBlobWriter:
             await aiofiles.os.remove(self._partial)
         except FileNotFoundError:
             pass
+        try:
+            # Leave no empty directory behind for a digest that never came (an unknown blob, a bad request).
+            await aiofiles.os.rmdir(self._partial.parent)
+        except OSError:
+            pass  # not empty: other blobs share it
 
     def _close_fd(self) -> None:
         if not self._closed:

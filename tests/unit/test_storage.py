@@ -109,3 +109,13 @@ async def test_index_round_trip_and_damaged_entries(tmp_path: Path) -> None:
     assert (await index.get_tag("docker.io", "library/a", "latest")) == TagRecord(digest, "application/x", 1, 5.0)
     (tmp_path / tag_path("docker.io", "library/a", "latest")).write_text("{not json")
     assert await index.get_tag("docker.io", "library/a", "latest") is None
+
+
+async def test_cancelled_write_leaves_no_empty_directory(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    await store.put(digest_of(b"kept"), b"kept")
+    kept_dir = (tmp_path / blob_path(digest_of(b"kept"))).parent
+    for data in (b"never came", b"kept too?"):
+        writer = await store.create(digest_of(data))
+        await writer.cancel()
+    assert [p.name for p in (tmp_path / "blobs" / "sha256").iterdir()] == [kept_dir.name]
