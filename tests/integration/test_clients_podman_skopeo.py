@@ -330,6 +330,27 @@ def check_podman_image(podman: Podman, reference: str, image_id: str, item: Subj
     assert inspected["Architecture"] == expected.platform.architecture
 
 
+def podman_pull_through_proxy(
+    route: Route,
+    case: str,
+    images: Images,
+    proxy: ProxyServer,
+    proxy_log: ProxyAccessLog,
+    upstreams: list[DistributionRegistry],
+    podman: Podman,
+) -> str:
+    """Pull ``case`` by ``route`` and check the image, that the proxy served it and that only it reached the
+    upstreams; the reference pulled."""
+    item = subject(images, case)
+    reference = item.reference(route, proxy)
+    upstream_marks, mark = marks(upstreams), proxy_log.mark()
+    image_id = podman.pull(reference, platform=item.platform)
+    check_podman_image(podman, reference, image_id, item)
+    assert_proxy_served(proxy_log, mark, item, route)
+    assert_only_the_proxy_reached_upstreams(upstreams, upstream_marks)
+    return reference
+
+
 @pytest.mark.parametrize("case", PODMAN_CASES)
 @pytest.mark.parametrize("route", ROUTES)
 def test_podman_pull(
@@ -341,13 +362,7 @@ def test_podman_pull(
     upstreams: list[DistributionRegistry],
     podman: Podman,
 ) -> None:
-    item = subject(images, case)
-    reference = item.reference(route, proxy)
-    upstream_marks, mark = marks(upstreams), proxy_log.mark()
-    image_id = podman.pull(reference, platform=item.platform)
-    check_podman_image(podman, reference, image_id, item)
-    assert_proxy_served(proxy_log, mark, item, route)
-    assert_only_the_proxy_reached_upstreams(upstreams, upstream_marks)
+    podman_pull_through_proxy(route, case, images, proxy, proxy_log, upstreams, podman)
 
 
 @pytest.mark.parametrize("case", RUN_CASES)
@@ -361,11 +376,5 @@ def test_podman_run(
     upstreams: list[DistributionRegistry],
     podman: Podman,
 ) -> None:
-    item = subject(images, case)
-    reference = item.reference(route, proxy)
-    upstream_marks, mark = marks(upstreams), proxy_log.mark()
-    image_id = podman.pull(reference)
-    check_podman_image(podman, reference, image_id, item)
-    assert_proxy_served(proxy_log, mark, item, route)
-    assert_only_the_proxy_reached_upstreams(upstreams, upstream_marks)
+    reference = podman_pull_through_proxy(route, case, images, proxy, proxy_log, upstreams, podman)
     assert podman.run(reference).stdout == f"{BUSYBOX_OUTPUT}\n"
