@@ -6,40 +6,29 @@ import argparse
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import uvicorn
-
 from proxy import __version__
-from proxy.app import create_app
 from proxy.config import ConfigError, Settings, load
-from proxy.server import zero_copy_protocol
+from proxy.server import EXIT_REFUSED, serve
 from storage.verify import verify_blobs
 
 __all__ = ["main"]
-
-# Docker's registry client keeps idle connections for 30 s; uvicorn's default of 5 s would make it
-# reconnect between nearly every layer of a pull.
-KEEP_ALIVE_SECONDS = 75
-# Blob segments being sent with sendfile at once; more wait their turn. Each may sit on a slow client for
-# as long as it reads, so there are plenty: idle threads cost little memory.
-SENDFILE_THREADS = 256
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="registry-proxy", description="Pull-through caching registry proxy.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument(
+    serve_command = commands.add_parser("serve", help="run the proxy")
+    serve_command.add_argument(
         "--config",
         type=Path,
         default=None,
         help="TOML config file (default: $REGISTRY_PROXY_CONFIG, else built-in defaults: Docker Hub, "
         "cache in ./registry-proxy-cache)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     verify = commands.add_parser(
         "verify", help="re-hash every cached blob; report and remove corrupt ones (exit status 1 if any)"
     )
@@ -52,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load(config_path)
     except ConfigError as exc:
         print(f"registry-proxy: config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     if args.command == "verify":
         return verify_cache(settings, remove=not args.dry_run)
     return serve_forever(settings, args.log_level)
@@ -79,22 +68,4 @@ def serve_forever(settings: Settings, log_level: str) -> int:
     )
     # httpx logs every request at INFO; our own log lines say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Threads that send blob bytes with sendfile; each may wait on one slow client.
-    sendfile_threads = ThreadPoolExecutor(max_workers=SENDFILE_THREADS, thread_name_prefix="sendfile")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http=zero_copy_protocol(sendfile_threads),
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        log_level=log_level,
-        log_config=None,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    finally:
-        sendfile_threads.shutdown(wait=False, cancel_futures=True)
-    return 0 if server.started else 1
+    return serve(settings, log_level)

@@ -34,6 +34,8 @@ class ServerSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     root: Path = Path("registry-proxy-cache")
+    # Refuse to start when the root is unusable; False relays every pull uncached instead.
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return _Reader(str(path), env).settings(raw)
 
 
@@ -136,8 +140,10 @@ class _Reader:
         port = self._get(server, "server", "port", int, ServerSettings.port)
         if not 0 < port < 65536:
             raise self._fail("server.port", f"must be between 1 and 65535, got {port}")
-        storage = self._table(raw, "storage", {"root"})
+        storage = self._table(raw, "storage", {"root", "required"})
         root = self._get(storage, "storage", "root", str, None)
+        if root is not None and (not root.strip() or "\0" in root):
+            raise self._fail("storage.root", "expected a directory path")
         upstreams_raw = raw.get("upstreams", [{}])
         if not isinstance(upstreams_raw, list) or not upstreams_raw:
             raise self._fail("upstreams", "expected one or more [[upstreams]] tables")
@@ -149,7 +155,10 @@ class _Reader:
             seen.add(upstream.registry)
         return Settings(
             server=ServerSettings(host=self._get(server, "server", "host", str, ServerSettings.host), port=port),
-            storage=StorageSettings(root=Path(root) if root is not None else StorageSettings.root),
+            storage=StorageSettings(
+                root=Path(root) if root is not None else StorageSettings.root,
+                required=self._get(storage, "storage", "required", bool, StorageSettings.required),
+            ),
             upstreams=upstreams,
         )
 
@@ -195,7 +204,9 @@ class _Reader:
             return self._env[env_name]
         if file_name is not None:
             try:
-                return Path(file_name).read_text().strip()
+                return Path(file_name).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise self._fail(f"{prefix}.password_file", f"cannot read {file_name}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise self._fail(f"{prefix}.password_file", f"{file_name} is not UTF-8 text") from None
         return None

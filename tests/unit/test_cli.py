@@ -54,3 +54,112 @@ def test_verify_reports_and_removes_corrupt_blobs(tmp_path: Path, capsys: pytest
     assert "checked 2 blobs" in out
     assert main(["verify", "--config", str(config)]) == 0
     assert "checked 1 blobs" in capsys.readouterr().out
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a subprocess: what an operator sees, exit status and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "latin1.toml"
+    config.write_bytes(b'[server]\nhost = "caf\xe9"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert str(config) in one_line(result) and "UTF-8" in result.stderr
+
+
+def test_a_password_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\xff\xfe binary")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[[upstreams]]\nusername = "ci"\npassword_file = "{secret}"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "upstreams[0].password_file" in line and "UTF-8" in line
+    assert "binary" not in line  # the secret's content is never echoed
+
+
+def test_an_address_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[storage]\nroot = "{tmp_path / "cache"}"\n')
+        result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert f"127.0.0.1:{port}" in line and "server." in line
+
+
+def test_a_host_that_does_not_resolve_is_one_line_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nhost = "no-such-host.invalid"\n[storage]\nroot = "{tmp_path / "cache"}"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "server.host" in line and "no-such-host.invalid" in line
+
+
+def test_an_unusable_cache_root_refuses_to_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache should be")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = 1\n[storage]\nroot = "{blocker / "cache"}"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "storage.root" in line and str(blocker / "cache") in line and "required = false" in line
+
+
+def test_an_unusable_cache_root_may_be_allowed_explicitly(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.harness.deadline import poll_until
+    from tests.harness.ports import free_port
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache should be")
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n[storage]\nroot = "{blocker / "cache"}"\nrequired = false\n'
+    )
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+            env={"PATH": "/usr/bin:/bin"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def answers() -> int | None:
+            assert process.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code
+            except httpx.TransportError:
+                return None
+
+        assert poll_until(answers, timeout=20, what="the proxy to answer") == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    assert "relaying every pull uncached" in log.read_text()
