@@ -57,6 +57,13 @@ class Router:
         return self._default.registry
 
     def resolve(self, name: str, ns: str | None = None) -> Target:
+        # Registry and repository names are ASCII. Anything else is refused before any lower-casing: Unicode
+        # case folding maps some letters onto ASCII ones (the Kelvin sign onto "k"), so "doc\u212aer.io" would
+        # otherwise route to docker.io under a name that cannot even be written back into a header.
+        if not name.isascii():
+            raise RegistryError.name_invalid(name.encode("ascii", "backslashreplace").decode())
+        if ns is not None and not ns.isascii():
+            raise RegistryError(400, "NAME_INVALID", "invalid ns parameter: registry names are ASCII host names")
         if ns is not None:
             origin = self._origin(ns)
             return Target(origin, self._repository(origin, name), name, ns)

@@ -195,3 +195,24 @@ def test_referrers_unsupported_upstream_is_404(client: TestClient) -> None:
     response = client.get(f"/v2/app/referrers/{sha256(MANIFEST)}")
     assert response.status_code == 404
     assert "referrers" in response.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/library/app/manifests/1?ns=doc%E2%84%AAer.io",  # the Kelvin sign lower-cases to "k"
+        "/v2/library/app/blobs/sha256:" + "a" * 64 + "?ns=ghcr.%C4%B1o",
+        "/v2/library/app/tags/list?ns=docker.io%C2%A0",
+        "/v2/doc%E2%84%AAer.io/library/app/manifests/1",
+        "/v2/library/%E2%84%AApp/manifests/1",
+    ],
+)
+def test_non_ascii_names_and_namespaces_are_400_before_routing(
+    client: TestClient, upstreams: Upstreams, path: str
+) -> None:
+    for method in ("GET", "HEAD"):
+        response = client.request(method, path)
+        assert response.status_code == 400
+        if method == "GET":
+            assert response.json()["errors"][0]["code"] == "NAME_INVALID"
+    assert upstreams.hub.requests == [] and upstreams.ghcr.requests == [] and upstreams.strangers == []
