@@ -2,15 +2,23 @@
 #   docker build -t registry-proxy .
 #   docker run -d -p 5000:5000 -v registry-proxy-cache:/var/lib/registry-proxy registry-proxy
 # To use your own config, mount it: -v $PWD/config.toml:/etc/registry-proxy/config.toml:ro
-FROM python:3.12-slim
-
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-
+# Python 3.11, as the tests run; every package at the version in requirements/*.lock, hash-checked.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements/build.lock ./requirements/
+RUN pip install --require-hashes -r requirements/build.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY storage ./storage
-RUN pip install . && rm -rf /src
+RUN pip wheel --no-deps --no-build-isolation -w /wheels .
+
+FROM python:3.11-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN pip install --require-hashes -r /tmp/runtime.lock && rm /tmp/runtime.lock
+COPY --from=build /wheels /wheels
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
 
 RUN useradd --system --uid 10001 --home-dir /var/lib/registry-proxy registry-proxy \
     && mkdir -p /var/lib/registry-proxy /etc/registry-proxy \
