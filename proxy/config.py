@@ -29,6 +29,15 @@ class ConfigError(Exception):
 class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 5000
+    # A request's header section must be complete this long after the connection opened or the request began.
+    header_timeout: float = 20.0
+    # An idle keep-alive connection is closed after this long; above Docker's 30 s so its client closes first.
+    keep_alive: float = 75.0
+    # A client that takes no byte of a response for this long is cut.
+    send_timeout: float = 60.0
+    max_header_bytes: int = 64 * 1024
+    # None: sized from the open-files limit at start-up.
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,10 +145,27 @@ class _Reader:
         for name in raw:
             if name not in ("server", "storage", "upstreams"):
                 raise self._fail(name, "unknown key (allowed: server, storage, upstreams)")
-        server = self._table(raw, "server", {"host", "port"})
+        server = self._table(
+            raw,
+            "server",
+            {"host", "port", "header_timeout", "keep_alive", "send_timeout", "max_header_bytes", "max_connections"},
+        )
         port = self._get(server, "server", "port", int, ServerSettings.port)
         if not 0 < port < 65536:
             raise self._fail("server.port", f"must be between 1 and 65535, got {port}")
+        max_header_bytes = self._get(server, "server", "max_header_bytes", int, ServerSettings.max_header_bytes)
+        if not 1024 <= max_header_bytes <= 16 * 1024 * 1024:
+            raise self._fail("server.max_header_bytes", f"must be between 1024 and 16777216, got {max_header_bytes}")
+        max_connections = self._get(server, "server", "max_connections", int, None)
+        if max_connections is not None and max_connections < 1:
+            raise self._fail("server.max_connections", f"must be at least 1, got {max_connections}")
+        timeouts = {
+            name: self._duration(server, "server", name, getattr(ServerSettings, name))
+            for name in ("header_timeout", "keep_alive", "send_timeout")
+        }
+        for name, seconds in timeouts.items():
+            if seconds <= 0:
+                raise self._fail(f"server.{name}", "must be more than 0")
         storage = self._table(raw, "storage", {"root", "required"})
         root = self._get(storage, "storage", "root", str, None)
         if root is not None and (not root.strip() or "\0" in root):
@@ -154,7 +180,13 @@ class _Reader:
                 raise self._fail(f"upstreams[{i}].registry", f"{upstream.registry!r} is configured twice")
             seen.add(upstream.registry)
         return Settings(
-            server=ServerSettings(host=self._get(server, "server", "host", str, ServerSettings.host), port=port),
+            server=ServerSettings(
+                host=self._get(server, "server", "host", str, ServerSettings.host),
+                port=port,
+                max_header_bytes=max_header_bytes,
+                max_connections=max_connections,
+                **timeouts,
+            ),
             storage=StorageSettings(
                 root=Path(root) if root is not None else StorageSettings.root,
                 required=self._get(storage, "storage", "required", bool, StorageSettings.required),

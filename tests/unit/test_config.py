@@ -66,6 +66,12 @@ password_file = "{secret}"
         ('[[upstreams]]\nusername = "u"\npassword_env = "NOPE"\n', "NOPE is not set"),
         ('[[upstreams]]\nregistry = "../x"\n', "upstreams[0].registry"),
         ("bogus = 1\n", "bogus: unknown key"),
+        ("[server]\nheader_timeout = 0\n", "server.header_timeout: must be more than 0"),
+        ('[server]\nkeep_alive = "forever"\n', "server.keep_alive"),
+        ("[server]\nmax_header_bytes = 10\n", "server.max_header_bytes"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        ('[storage]\nrequired = "yes"\n', "storage.required: expected bool"),
+        ('[storage]\nroot = ""\n', "storage.root"),
         ("[server\n", "invalid TOML"),
     ],
 )
@@ -85,3 +91,13 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_parse_duration_rejects_booleans() -> None:
     with pytest.raises(ValueError):
         parse_duration(True)
+
+
+def test_server_limits(tmp_path: Path) -> None:
+    text = '[server]\nheader_timeout = "5s"\nkeep_alive = "40s"\nsend_timeout = "2m"\nmax_header_bytes = 16384\n'
+    text += "max_connections = 100\n[storage]\nrequired = false\n"
+    settings = load(write(tmp_path, text))
+    server = settings.server
+    assert (server.header_timeout, server.keep_alive, server.send_timeout) == (5.0, 40.0, 120.0)
+    assert (server.max_header_bytes, server.max_connections) == (16384, 100)
+    assert settings.storage.required is False

@@ -1,4 +1,4 @@
-"""The zero-copy send extension (proxy.zerocopy) on a real uvicorn server, on each event loop production may use.
+"""The zero-copy send extension (proxy.server.zerocopy) on a real uvicorn server, on each event loop production may use.
 
 The server runs in a thread with its own loop; the clients are plain blocking sockets in the test's thread.
 """
@@ -9,7 +9,6 @@ import asyncio
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,11 +17,12 @@ from typing import Any
 
 import pytest
 import uvicorn
-import uvloop
 
-from proxy import zerocopy
 from proxy.extensions import ZEROCOPY_SEND
-from proxy.zerocopy import ZeroCopyMiddleware, zero_copy_unsupported
+from proxy.server import uvicorn_internals
+from proxy.server.uvicorn_internals import unsupported
+from proxy.server.zerocopy import ZeroCopyMiddleware
+from tests.unit import uvicorn_thread
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 BIG = 48 * 1024 * 1024
@@ -61,41 +61,11 @@ def file_app(path: Path, sizes: list[int]) -> Any:
     return app
 
 
-def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    loop = asyncio.new_event_loop() if kind == "asyncio" else uvloop.new_event_loop()
-    if kind.endswith("-eager"):
-        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
-    return loop
-
-
 @contextmanager
 def serving(app: Any, loop_kind: str, stall_timeout: float = 60.0) -> Iterator[int]:
-    """uvicorn (httptools) with ``app`` behind ZeroCopyMiddleware, on a loopback port, in a thread."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    config = uvicorn.Config(
-        ZeroCopyMiddleware(app, stall_timeout=stall_timeout),
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    runner = asyncio.Runner(loop_factory=lambda: _new_loop(loop_kind))
-    thread = threading.Thread(target=lambda: runner.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):  # bounded: 500 x 10 ms
-            if server.started:
-                break
-            time.sleep(0.01)
-        assert server.started
+    """uvicorn (httptools) with ``app`` behind ZeroCopyMiddleware."""
+    with uvicorn_thread.serving(ZeroCopyMiddleware(app, stall_timeout=stall_timeout), loop_kind) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        runner.close()
-        sock.close()
 
 
 def request(port: int, path: str = "/", timeout: float = 30) -> tuple[bytes, bytes]:
@@ -129,21 +99,7 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
 
 
 def read_for(sock: socket.socket, seconds: float) -> bytes:
-    received = bytearray()
-    deadline = time.monotonic() + seconds
-    for _ in range(100_000):  # bounded by count and by the deadline
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(1 << 16)
-        except (TimeoutError, ConnectionError):
-            break
-        if not data:
-            break
-        received += data
-    return bytes(received)
+    return uvicorn_thread.read_for(sock, seconds)[0]
 
 
 @pytest.fixture
@@ -249,13 +205,13 @@ def test_other_servers_get_no_extension() -> None:
 
 
 def test_self_check_accepts_the_installed_uvicorn() -> None:
-    assert zero_copy_unsupported() is None
+    assert unsupported() is None
 
 
 @pytest.mark.parametrize("version", ["0.29.0", "0.55.0", "1.0.0", "unknown"])
 def test_self_check_refuses_untested_uvicorn_releases(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     monkeypatch.setattr(uvicorn, "__version__", version)
-    reason = zero_copy_unsupported()
+    reason = unsupported()
     assert reason is not None and version in reason
 
 
@@ -267,12 +223,12 @@ def test_self_check_refuses_a_changed_request_cycle(monkeypatch: pytest.MonkeyPa
         async def send(self, message: Any) -> None:
             pass
 
-    monkeypatch.setattr(zerocopy, "_cycle_class", lambda: Changed)
-    reason = zero_copy_unsupported()
+    monkeypatch.setattr(uvicorn_internals, "cycle_class", lambda: Changed)
+    reason = unsupported()
     assert reason is not None and "disconnected" in reason and "expected_content_length" in reason
 
 
 def test_self_check_refuses_a_missing_httptools_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     nothing: Callable[[], None] = lambda: None  # noqa: E731
-    monkeypatch.setattr(zerocopy, "_cycle_class", nothing)
-    assert zero_copy_unsupported() is not None
+    monkeypatch.setattr(uvicorn_internals, "protocol_class", nothing)
+    assert unsupported() is not None

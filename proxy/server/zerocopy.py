@@ -4,19 +4,11 @@ Why: serving cached layers is the proxy's main work. With plain sends every byte
 into Python and then into the socket on the event loop; with ``os.sendfile`` the kernel moves it from the
 page cache straight to the socket.
 
-uvicorn does not implement the extension, so this is the one module of the project that leans on uvicorn
-internals. It relies on uvicorn's httptools ``RequestResponseCycle`` (the object behind the ``send`` callable
-uvicorn hands the app) and three of its attributes: ``transport``, ``disconnected`` and
-``expected_content_length``. Hence:
-
-- the tested uvicorn range is pinned (``TESTED_UVICORN`` here and the bound in ``pyproject.toml``);
-- :func:`zero_copy_unsupported` is the start-up self-check; when it finds a problem the server runs without
-  this middleware (plain sends) and logs one line saying why;
-- per request, only a ``send`` that *is* that cycle's bound method gets the extension, so any other server
-  or protocol (h11, a test client) simply sees no extension.
-
-The middleware wraps ``send`` when the app is called, not when the protocol builds the request's task, so
-it holds when the loop runs tasks eagerly (Python 3.12's ``eager_task_factory``).
+uvicorn does not implement the extension. Only a ``send`` that *is* uvicorn's httptools
+``RequestResponseCycle.send`` gets it (see :mod:`proxy.server.uvicorn_internals` for what is relied on and
+the start-up check), so any other server or protocol (h11, a test client) simply sees no extension. The
+middleware wraps ``send`` when the app is called, not when the protocol builds the request's task, so it
+holds when the loop runs tasks eagerly (Python 3.12's ``eager_task_factory``).
 
 How the bytes are sent, and why each step:
 
@@ -37,41 +29,15 @@ import logging
 import os
 from typing import Any
 
-import uvicorn
-
 from proxy.extensions import ZEROCOPY_SEND
+from proxy.server.uvicorn_internals import cycle_class
 
-__all__ = ["TESTED_UVICORN", "ZeroCopyMiddleware", "zero_copy_unsupported"]
+__all__ = ["ZeroCopyMiddleware"]
 
 log = logging.getLogger(__name__)
 
-# The uvicorn releases this module was tested with: [lowest, first untested). Keep in step with pyproject.toml.
-TESTED_UVICORN = ((0, 30), (0, 55))
-
-# The cycle attributes this module reads or updates.
-_CYCLE_ATTRIBUTES = ("transport", "disconnected", "expected_content_length")
-
 # How often a send waiting for a full socket buffer checks whether uvicorn closed the connection meanwhile.
 _CLOSE_CHECK_INTERVAL = 1.0
-
-
-def zero_copy_unsupported() -> str | None:
-    """Why zero-copy sends cannot be used with the installed uvicorn, or None when they can."""
-    if not hasattr(os, "sendfile"):
-        return "os.sendfile is not available on this platform"
-    version = _version_tuple(uvicorn.__version__)
-    low, high = TESTED_UVICORN
-    if version is None or not low <= version < high:
-        return f"uvicorn {uvicorn.__version__} is outside the tested range {_dotted(low)} to before {_dotted(high)}"
-    cycle_class = _cycle_class()
-    if cycle_class is None:
-        return "uvicorn's httptools protocol (or httptools) is not importable"
-    # The attributes are set in __init__; its code object names every attribute it stores.
-    stored = set(cycle_class.__init__.__code__.co_names)
-    missing = [name for name in _CYCLE_ATTRIBUTES if name not in stored]
-    if missing or not callable(getattr(cycle_class, "send", None)):
-        return f"uvicorn's RequestResponseCycle changed (missing: {', '.join(missing) or 'send'})"
-    return None
 
 
 class ZeroCopyMiddleware:
@@ -81,7 +47,7 @@ class ZeroCopyMiddleware:
         self.app = app
         self._stall_timeout = stall_timeout
         # uvicorn's own ``RequestResponseCycle.send``: a ``send`` bound to it is a connection we know how to use.
-        self._cycle_send: Any = getattr(_cycle_class(), "send", None)
+        self._cycle_send: Any = getattr(cycle_class(), "send", None)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self._cycle_send is not None:
@@ -194,23 +160,3 @@ class _ZeroCopySend:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _cycle_class() -> Any | None:
-    try:
-        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-    except ImportError:
-        return None
-    return RequestResponseCycle
-
-
-def _version_tuple(version: str) -> tuple[int, int] | None:
-    parts = version.split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _dotted(version: tuple[int, int]) -> str:
-    return ".".join(map(str, version))

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 
 from proxy.app import create_app
 from proxy.config import Settings
-from proxy.zerocopy import ZeroCopyMiddleware, zero_copy_unsupported
+from proxy.server.connections import ConnectionLimits, auto_max_connections, guarded_protocol, raise_descriptor_limit
+from proxy.server.uvicorn_internals import unsupported
+from proxy.server.zerocopy import ZeroCopyMiddleware
 from storage.preflight import check_root
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_REFUSED", "serve"]
@@ -24,10 +27,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the server stopped on an unexpected error (the log says which)
 EXIT_REFUSED = 2  # refused to start: config, listen address or cache root (one line says which key)
-
-# Docker's registry client keeps idle connections for 30 s; uvicorn's default of 5 s would make it
-# reconnect between nearly every layer of a pull.
-KEEP_ALIVE_SECONDS = 75
 
 
 class StartupRefused(Exception):
@@ -41,17 +40,31 @@ def serve(settings: Settings, log_level: str) -> int:
     except StartupRefused as exc:
         print(f"registry-proxy: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    app = create_app(settings)
-    reason = zero_copy_unsupported()
+    server_settings = settings.server
+    descriptors = raise_descriptor_limit()
+    limits = ConnectionLimits(
+        header_timeout=server_settings.header_timeout,
+        max_header_bytes=server_settings.max_header_bytes,
+        max_connections=server_settings.max_connections or auto_max_connections(descriptors),
+    )
+    app: Any = create_app(settings)
+    http: Any = "httptools"
+    limit_concurrency = None
+    reason = unsupported()
     if reason is None:
-        app = ZeroCopyMiddleware(app)  # type: ignore[assignment]
+        app = ZeroCopyMiddleware(app, stall_timeout=server_settings.send_timeout)
+        http = guarded_protocol(limits)
     else:
-        log.warning("serving blobs without zero-copy sends: %s", reason)
+        # Plain uvicorn: no zero-copy sends, no header deadline or cap; its own connection limit (a bare 503).
+        log.warning("running on plain uvicorn, without zero-copy sends or header limits: %s", reason)
+        limit_concurrency = limits.max_connections
+    log.info("accepting up to %d connections (open-files limit %d)", limits.max_connections, descriptors)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        http=http,
+        timeout_keep_alive=int(server_settings.keep_alive) or 1,
+        limit_concurrency=limit_concurrency,
         log_level=log_level,
         log_config=None,
         server_header=False,
