@@ -104,7 +104,10 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
 
 def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
-    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout, pool=upstream.connect_timeout)
+    # Every request to the upstream and its token service is built by these two clients, so carries these timeouts.
+    # Waiting for a pooled connection is bounded like a read: with every connection busy streaming blobs, a request
+    # waits its turn rather than failing after the connect timeout.
+    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout)
     headers = {"User-Agent": f"registry-proxy/{__version__}"}
     token_client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
     auth = RegistryAuth(upstream.url, token_client, upstream.username, upstream.password)

@@ -92,9 +92,11 @@ class RegistryAuth(httpx.Auth):
             # Like Docker's client, learn how the upstream authenticates from /v2/ first: the real request
             # (a blob GET the upstream may count, or bill) is then sent once, already authorized.
             self._pinged = True
-            # Built here, so it lacks the client's default headers: carry the User-Agent over.
+            # Built here, so it lacks what the client put on the request: carry the User-Agent over, and the
+            # extensions, which hold the timeouts (without them a silent upstream holds the ping forever).
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("user-agent", "accept-encoding")}
-            ping = yield httpx.Request("GET", request.url.copy_with(path="/v2/", query=None), headers=headers)
+            url = request.url.copy_with(path="/v2/", query=None)
+            ping = yield httpx.Request("GET", url, headers=headers, extensions=dict(request.extensions))
             self._learn(ping)
         if self._basic_only and self._basic is not None:
             request.headers["Authorization"] = self._basic

@@ -180,6 +180,9 @@ class UpstreamRegistry:
         request = self._client.build_request(method, path, headers=headers, params=params)
         try:
             response = await self._client.send(request, stream=True, follow_redirects=redirects)
+        except httpx.PoolTimeout:
+            # Every pooled connection is busy (many downloads at once): our congestion, not the upstream failing.
+            raise RegistryError.unavailable(f"too many requests to upstream {self.registry} in flight") from None
         except httpx.TimeoutException:
             self._breaker.failure()
             raise RegistryError.gateway_timeout(f"upstream {self.registry} timed out") from None

@@ -13,6 +13,7 @@ import httpx
 
 REGISTRY = "https://registry.example.com"
 REALM = "https://auth.example.com/token"
+CDN = "cdn.example.net"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

@@ -143,3 +143,16 @@ async def test_auth_ping_carries_the_user_agent() -> None:
             await client.get("/v2/library/a/manifests/1")
     pings = [r for r in fake.requests if r.url.path == "/v2/"]
     assert pings and all(r.headers["user-agent"] == "registry-proxy/test" for r in pings)
+
+
+async def test_auth_ping_carries_the_request_timeout() -> None:
+    # Without it the first request after start waits forever on an upstream that accepts and never answers.
+    fake = FakeRegistry()
+    transport = httpx.MockTransport(fake)
+    timeout = httpx.Timeout(7.0, connect=3.0)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client)
+        async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport, timeout=timeout) as client:
+            await client.get("/v2/library/a/manifests/1")
+    assert [r.url.path for r in fake.requests][:1] == ["/v2/"]
+    assert all(r.extensions["timeout"] == timeout.as_dict() for r in fake.requests + fake.token_requests)
