@@ -12,6 +12,7 @@ import httpx
 from proxy.errors import RegistryError
 from proxy.media_types import Accept, base_media_type
 from proxy.upstream.breaker import CircuitBreaker
+from proxy.upstream.sanitize import retry_after, upstream_error
 from storage.digest import Digest, InvalidDigest
 
 __all__ = [
@@ -214,7 +215,7 @@ class UpstreamRegistry:
 
 
 def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.Headers, body: bytes) -> RegistryError:
-    upstream_code, upstream_message = _upstream_error(body)
+    upstream_code, upstream_message = upstream_error(body)
     if status == 404 or (status == 400 and upstream_code in ("NAME_INVALID", "TAG_INVALID", "MANIFEST_INVALID")):
         if "/blobs/" in path:
             return RegistryError.blob_unknown(what)
@@ -227,31 +228,27 @@ def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.
             f"upstream {registry} denied access: the repository does not exist or needs credentials "
             "that the proxy is not configured with",
         )
+    suffix = _suffix(upstream_code, upstream_message)
     if status == 403:
-        return RegistryError.denied(f"upstream {registry} denied access" + _suffix(upstream_message))
+        return RegistryError.denied(f"upstream {registry} denied access{suffix}")
     if status == 429:
-        message = upstream_message or f"upstream {registry} is rate limiting the proxy"
-        return RegistryError.too_many_requests(message, headers.get("retry-after"))
+        # Docker Hub says here which limit was hit and how to raise it: worth passing on, sanitised.
+        message = f"upstream {registry} is rate limiting the proxy{suffix}"
+        return RegistryError.too_many_requests(message, retry_after(headers.get("retry-after")))
     if status in (502, 503, 504):
         return RegistryError.unavailable(f"upstream {registry} answered {status}")
-    return RegistryError.bad_gateway(f"upstream {registry} answered {status}" + _suffix(upstream_message))
+    return RegistryError.bad_gateway(f"upstream {registry} answered {status}{suffix}")
 
 
-def _suffix(message: str | None) -> str:
-    return f": {message}" if message else ""
+def _suffix(code: str | None, message: str | None) -> str:
+    # Both already sanitised (proxy.upstream.sanitize): a known-shape code, a short line of printable ASCII.
+    parts = [part for part in (code, message) if part]
+    return ": " + ": ".join(parts) if parts else ""
 
 
 def _repository_of(path: str) -> str:
     # "/v2/<repository>/<kind>/<ref>" → "<repository>"
     return path.removeprefix("/v2/").rsplit("/", 2)[0]
-
-
-def _upstream_error(body: bytes) -> tuple[str | None, str | None]:
-    try:
-        error = json.loads(body)["errors"][0]
-        return str(error.get("code")), str(error.get("message"))[:300]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None, None
 
 
 async def _read_bounded(response: httpx.Response, limit: int, what: str, raw: bool = False) -> bytes:

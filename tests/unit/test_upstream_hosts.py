@@ -1,10 +1,11 @@
 """Where the proxy goes on an upstream's word, and what it carries there (issue 7, items 3, 5 and 7).
 
-Every upstream request carries the configured timeouts.
+Every upstream request carries the configured timeouts; upstream error text reaches clients sanitised.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,3 +79,54 @@ def test_all_connections_busy_is_not_an_upstream_outage(proxy_for: ProxyFactory)
         response = client.get("/v2/library/alpine/manifests/3.20")
         assert response.status_code == 503
         assert error(response) == ("UPSTREAM_UNAVAILABLE", "too many requests to upstream docker.io in flight")
+
+
+# -- error text -----------------------------------------------------------------------------------------------------
+
+
+def answering(status: int, code: object, message: object, headers: dict[str, str] | None = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.dumps({"errors": [{"code": code, "message": message}]})
+        return httpx.Response(status, headers=headers or {}, content=body.encode())
+
+    return handler
+
+
+def test_upstream_error_text_reaches_clients_sanitised(proxy_for: ProxyFactory) -> None:
+    hostile = "\x1b[31mdenied\x1b[0m\r\nX-Injected: yes\u202e" + "A" * 5000
+    response = proxy_for(answering(403, "DENIED", hostile)).get("/v2/library/alpine/manifests/3.20")
+    assert response.status_code == 403
+    code, message = error(response)
+    assert code == "DENIED"
+    assert message.startswith("upstream docker.io denied access: DENIED: [31mdenied [0m X-Injected: yes AAA")
+    assert all(" " <= c <= "~" for c in message)
+    assert len(message) <= len("upstream docker.io denied access: DENIED: ") + 200
+
+
+def test_an_upstream_code_that_is_not_a_code_is_dropped(proxy_for: ProxyFactory) -> None:
+    response = proxy_for(answering(418, "<script>", ["not", "text"])).get("/v2/library/alpine/manifests/3.20")
+    assert response.status_code == 502
+    assert error(response) == ("UPSTREAM_ERROR", "upstream docker.io answered 418")
+
+
+def test_docker_hub_rate_limit_message_is_passed_on(proxy_for: ProxyFactory) -> None:
+    hub = "You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit"
+    handler = answering(429, "TOOMANYREQUESTS", hub, {"Retry-After": "60"})
+    response = proxy_for(handler).get("/v2/library/alpine/manifests/3.20")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "60"
+    assert error(response) == (
+        "TOOMANYREQUESTS",
+        f"upstream docker.io is rate limiting the proxy: TOOMANYREQUESTS: {hub}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("sent", "passed_on"),
+    [("7", "7"), ("Sun, 06 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 GMT"), ("soon, maybe <b>", None)],
+)
+def test_retry_after_is_passed_on_only_if_it_is_one(proxy_for: ProxyFactory, sent: str, passed_on: str | None) -> None:
+    handler = answering(429, "TOOMANYREQUESTS", "slow down", {"Retry-After": sent})
+    response = proxy_for(handler).get("/v2/library/alpine/manifests/3.20")
+    assert response.status_code == 429
+    assert response.headers.get("retry-after") == passed_on
