@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load, parse_duration
+from proxy.config import ConfigError, UpstreamSettings, load, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,3 +133,14 @@ def test_bad_redirect_hosts_and_token_realms_name_the_entry(tmp_path: Path, line
         load(path, environ={})
     assert str(info.value).startswith(f"{path}: ")
     assert expected in str(info.value)
+
+
+def test_example_config_documents_the_built_in_docker_hub_hosts() -> None:
+    # The commented redirect_hosts / token_realms under docker.io, uncommented, are exactly the defaults.
+    lines = (REPO / "config.example.toml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# redirect_hosts = ["))
+    end = next(i for i, line in enumerate(lines) if line.startswith("# token_realms = "))
+    documented = tomllib.loads("\n".join(line.removeprefix("# ") for line in lines[start : end + 1]))
+    hub = UpstreamSettings()
+    assert tuple(documented["redirect_hosts"]) == hub.redirect_hosts
+    assert tuple(documented["token_realms"]) == hub.token_realms
