@@ -35,6 +35,7 @@ from proxy.routing import Origin, Router
 from proxy.services import Services
 from proxy.upstream.auth import RegistryAuth
 from proxy.upstream.client import UpstreamRegistry
+from proxy.upstream.hosts import AllowedHosts
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
 
@@ -104,10 +105,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
 
 def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
-    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout, pool=upstream.connect_timeout)
+    # Every request to the upstream, its token service and its redirect targets is built by these two clients, so
+    # carries these timeouts. Waiting for a pooled connection is bounded like a read: with every connection busy
+    # streaming blobs, a request waits its turn rather than failing after the connect timeout.
+    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout)
     headers = {"User-Agent": f"registry-proxy/{__version__}"}
+    allowed = AllowedHosts.for_url(upstream.registry, upstream.url, upstream.redirect_hosts, upstream.token_realms)
     token_client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
-    auth = RegistryAuth(upstream.url, token_client, upstream.username, upstream.password)
+    auth = RegistryAuth(upstream.url, token_client, upstream.username, upstream.password, allowed=allowed)
     client = httpx.AsyncClient(
         base_url=upstream.url,
         auth=auth,
@@ -116,7 +121,7 @@ def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTra
         headers={**headers, "Accept-Encoding": "identity"},
         transport=transport,
     )
-    return UpstreamRegistry(upstream.registry, client, token_client)
+    return UpstreamRegistry(upstream.registry, client, token_client, allowed=allowed)
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:

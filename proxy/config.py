@@ -57,6 +57,17 @@ class UpstreamSettings:
     password: str | None = field(default=None, repr=False)
     connect_timeout: float = 3.0
     read_timeout: float = 60.0
+    # Besides the upstream's own host (always allowed): hosts blob downloads may be redirected to ("host" or
+    # "*.domain"), and token realms it may name ("https://host/path", or "host" for any realm there). Nothing else
+    # is ever connected to. The defaults are Docker Hub's, from Docker's firewall allowlist
+    # (docs.docker.com/desktop/setup/allow-list, 2025-2026): its CDNs (which one serves a pull depends on the plan
+    # and the route) and auth.docker.io. The reader gives other registries none.
+    redirect_hosts: tuple[str, ...] = (
+        "production.cloudflare.docker.com",
+        "production.cloudfront.docker.com",
+        "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
+    )
+    token_realms: tuple[str, ...] = ("https://auth.docker.io/token",)
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,7 @@ class _Reader:
         prefix = f"upstreams[{index}]"
         allowed = {
             "registry", "url", "tag_ttl", "username", "password_env", "password_file",
-            "connect_timeout", "read_timeout",
+            "connect_timeout", "read_timeout", "redirect_hosts", "token_realms",
         }  # fmt: skip
         table = self._table({prefix: entry}, prefix, allowed)
         defaults = UpstreamSettings()
@@ -215,6 +226,7 @@ class _Reader:
         password = self._password(table, prefix)
         if password is not None and username is None:
             raise self._fail(f"{prefix}.username", "a password is configured but no username")
+        hub = registry == DOCKER_HUB  # Docker Hub's redirect hosts and realm are built in; other registries have none
         return UpstreamSettings(
             registry=registry,
             url=url.rstrip("/"),
@@ -223,7 +235,72 @@ class _Reader:
             password=password,
             connect_timeout=self._duration(table, prefix, "connect_timeout", defaults.connect_timeout),
             read_timeout=self._duration(table, prefix, "read_timeout", defaults.read_timeout),
+            redirect_hosts=self._hosts(table, prefix, "redirect_hosts", defaults.redirect_hosts if hub else ()),
+            token_realms=self._realms(table, prefix, "token_realms", defaults.token_realms if hub else ()),
         )
+
+    def _strings(self, table: dict[str, Any], prefix: str, name: str) -> list[str] | None:
+        value = table.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self._fail(f"{prefix}.{name}", "expected a list of strings")
+        return [item.strip() for item in value]
+
+    def _hosts(self, table: dict[str, Any], prefix: str, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        entries = self._strings(table, prefix, name)
+        if entries is None:
+            return default
+        hosts: list[str] = []
+        for i, entry in enumerate(entries):
+            wildcard = entry.startswith("*.")
+            host = self._host_name(entry.removeprefix("*."))
+            if host is None:
+                raise self._fail(f"{prefix}.{name}[{i}]", f'expected a host name or "*.domain", got {entry!r}')
+            if wildcard and "." not in host:
+                raise self._fail(f"{prefix}.{name}[{i}]", f"{entry!r} would allow a whole top-level domain")
+            hosts.append("*." + host if wildcard else host)
+        return tuple(hosts)
+
+    def _realms(self, table: dict[str, Any], prefix: str, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        entries = self._strings(table, prefix, name)
+        if entries is None:
+            return default
+        realms: list[str] = []
+        for i, entry in enumerate(entries):
+            # A realm receives the upstream's credentials, so no wildcards: one exact URL or one exact host each.
+            realm = self._realm(entry)
+            if realm is None:
+                expected = 'a token realm URL such as "https://auth.example.com/token", or a host name'
+                raise self._fail(f"{prefix}.{name}[{i}]", f"expected {expected}, got {entry!r}")
+            realms.append(realm)
+        return tuple(realms)
+
+    @staticmethod
+    def _host_name(text: str) -> str | None:
+        """``text`` as the proxy compares host names (lower-case, no brackets or trailing dot), or None."""
+        text = text.lower().rstrip(".")
+        if re.fullmatch(r"\[[0-9a-f:.]+\]|[0-9a-f:.]*:[0-9a-f:.]*", text):  # an IPv6 address
+            return text.strip("[]")
+        labels = text.split(".")
+        if len(text) > 253 or not all(re.fullmatch(r"(?!-)[a-z0-9-]{1,63}(?<!-)", label) for label in labels):
+            return None
+        return text
+
+    @classmethod
+    def _realm(cls, entry: str) -> str | None:
+        if "://" not in entry:
+            return cls._host_name(entry)
+        parts = urlsplit(entry)
+        try:
+            port = parts.port
+        except ValueError:
+            return None
+        host = cls._host_name(parts.hostname or "")
+        if parts.scheme not in ("http", "https") or host is None or parts.username or parts.query or parts.fragment:
+            return None
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+        return f"{parts.scheme}://{netloc}{parts.path or '/'}"
 
     def _password(self, table: dict[str, Any], prefix: str) -> str | None:
         env_name = self._get(table, prefix, "password_env", str, None)

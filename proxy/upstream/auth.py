@@ -1,30 +1,31 @@
 """Registry token auth (Docker Hub style) and plain Basic auth, as an ``httpx.Auth`` flow.
 
 Tokens are cached per (realm, service, scope) until they expire and are shared by every request and
-client of the upstream; concurrent requests for the same scope wait for one token fetch. Credentials are
-only ever sent to the upstream itself or to a token realm on the same site, never across a redirect.
+client of the upstream; concurrent requests for the same scope wait for one token fetch.
+
+Only the upstream's own responses teach it how to authenticate, and only the upstream's own host and the token
+realms in its configuration (:class:`AllowedHosts`) ever see its credentials: a request to any other origin (a blob
+redirect target) passes through untouched, and a challenge naming a realm outside the configuration is refused
+before any connection is made to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import httpx
 
 from proxy.errors import RegistryError
 from proxy.upstream.challenge import Challenge, parse_challenges
+from proxy.upstream.hosts import AllowedHosts
 
-__all__ = ["RegistryAuth", "realm_allowed", "scope_for_path"]
-
-log = logging.getLogger(__name__)
+__all__ = ["RegistryAuth", "scope_for_path"]
 
 _REPOSITORY_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]+")
 
@@ -37,25 +38,6 @@ _RENEW_MARGIN = 0.1
 def scope_for_path(path: str) -> str | None:
     match = _REPOSITORY_PATH.fullmatch(path)
     return f"repository:{match.group(1)}:pull" if match else None
-
-
-def realm_allowed(upstream_host: str, realm_host: str) -> bool:
-    """Whether credentials for ``upstream_host`` may go to a token realm on ``realm_host``.
-
-    Same host, or the same registrable domain approximated by the last two labels (registry-1.docker.io
-    and auth.docker.io); an IP address must match exactly.
-    """
-    upstream_host, realm_host = upstream_host.lower(), realm_host.lower()
-    if upstream_host == realm_host:
-        return True
-    if _is_ip(upstream_host) or _is_ip(realm_host):
-        return False
-    upstream_site = upstream_host.split(".")[-2:]
-    return len(upstream_site) == 2 and realm_host.split(".")[-2:] == upstream_site
-
-
-def _is_ip(host: str) -> bool:
-    return ":" in host or host.replace(".", "").isdigit()
 
 
 @dataclass(frozen=True)
@@ -72,8 +54,13 @@ class RegistryAuth(httpx.Auth):
         username: str | None = None,
         password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allowed: AllowedHosts | None = None,
     ) -> None:
-        self._host = urlsplit(upstream_url).hostname or ""
+        """``token_client`` must carry the upstream's timeouts (it fetches tokens); ``allowed``: the token realms the
+        upstream may name besides its own host (none if not given)."""
+        self._origin = _origin(httpx.URL(upstream_url))
+        self._allowed = allowed or AllowedHosts.for_url(httpx.URL(upstream_url).host, upstream_url)
+        self._host = self._allowed.own_host
         self._token_client = token_client
         self._username = username
         self._basic = _basic_header(username, password) if username is not None and password is not None else None
@@ -86,15 +73,22 @@ class RegistryAuth(httpx.Auth):
         self.token_fetches = 0
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if _origin(request.url) != self._origin:
+            # Not the upstream (a redirect target, however it was reached): no credentials, and nothing it answers
+            # may change how the upstream is authenticated.
+            yield request
+            return
         scope = scope_for_path(request.url.path)
         sent: _Token | None = None
         if not self._pinged and scope is not None:
             # Like Docker's client, learn how the upstream authenticates from /v2/ first: the real request
             # (a blob GET the upstream may count, or bill) is then sent once, already authorized.
             self._pinged = True
-            # Built here, so it lacks the client's default headers: carry the User-Agent over.
+            # Built here, so it lacks what the client put on the request: carry the User-Agent over, and the
+            # extensions, which hold the timeouts (without them a silent upstream holds the ping forever).
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("user-agent", "accept-encoding")}
-            ping = yield httpx.Request("GET", request.url.copy_with(path="/v2/", query=None), headers=headers)
+            url = request.url.copy_with(path="/v2/", query=None)
+            ping = yield httpx.Request("GET", url, headers=headers, extensions=dict(request.extensions))
             self._learn(ping)
         if self._basic_only and self._basic is not None:
             request.headers["Authorization"] = self._basic
@@ -121,7 +115,7 @@ class RegistryAuth(httpx.Auth):
 
     def _learn(self, response: httpx.Response) -> Challenge | None:
         """Remember how the upstream wants to be authenticated, from a 401; the Bearer challenge, if any."""
-        if response.status_code != 401:
+        if response.status_code != 401 or _origin(response.url) != self._origin:
             return None
         challenges = parse_challenges(response.headers.get_list("www-authenticate"))
         bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
@@ -154,22 +148,22 @@ class RegistryAuth(httpx.Auth):
             return token
 
     async def _fetch(self, challenge: Challenge, scope: str) -> _Token:
-        realm = challenge.params["realm"]
-        parts = urlsplit(realm)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RegistryError.bad_gateway(f"upstream {self._host} sent an unusable token realm")
+        try:
+            realm = httpx.URL(challenge.params["realm"])
+        except httpx.InvalidURL:
+            raise RegistryError.bad_gateway(f"upstream {self._host} sent an unusable token realm") from None
+        # Before any connection: a realm outside the configuration gets neither a request nor the credentials.
+        self._allowed.check_realm(realm)
         params: dict[str, str] = {}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         if scope:
             params["scope"] = scope
         headers: dict[str, str] = {}
-        if self._basic is not None and realm_allowed(self._host, parts.hostname):
+        if self._basic is not None:
             headers["Authorization"] = self._basic
             if self._username:
                 params["account"] = self._username
-        elif self._basic is not None:
-            log.warning("withholding credentials for %s from token realm %s (another site)", self._host, parts.hostname)
         started = self._clock()
         try:
             response = await self._token_client.get(realm, params=params, headers=headers)
@@ -208,6 +202,10 @@ def _lifetime(body: dict[str, object]) -> float:
         if 0.0 < age < lifetime:
             lifetime -= age
     return lifetime
+
+
+def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
+    return url.scheme, url.raw_host.lower(), url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
 def _basic_header(username: str, password: str) -> str:

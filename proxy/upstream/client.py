@@ -1,4 +1,9 @@
-"""One upstream registry's read API: manifests, blobs and tags, with errors mapped to registry errors."""
+"""One upstream registry's read API: manifests, blobs and tags, with errors mapped to registry errors.
+
+Blob redirects are followed here, not by httpx, so that each hop is checked before it is made: a target must be
+the upstream's own host or one of its configured ``redirect_hosts``, gets a fresh request with no credentials, and
+whatever it answers is a failed download at worst, never a challenge the upstream's auth learns from.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import httpx
 from proxy.errors import RegistryError
 from proxy.media_types import Accept, base_media_type
 from proxy.upstream.breaker import CircuitBreaker
+from proxy.upstream.hosts import AllowedHosts, HostRefused, host_of
+from proxy.upstream.sanitize import retry_after, upstream_error
 from storage.digest import Digest, InvalidDigest
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "TagPage",
     "UpstreamRegistry",
     "MAX_MANIFEST_SIZE",
+    "MAX_REDIRECTS",
 ]
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,9 @@ log = logging.getLogger(__name__)
 # containerd refuses manifests over ~4.4 MB; no real manifest comes near. Bounding it keeps a hostile or
 # broken upstream from making us buffer an arbitrary amount of memory.
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+# Docker Hub redirects a blob once (to its CDN); a chain longer than this is a loop or a misbehaving upstream.
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,15 @@ class UpstreamRegistry:
         client: httpx.AsyncClient,
         token_client: httpx.AsyncClient,
         breaker: CircuitBreaker | None = None,
+        allowed: AllowedHosts | None = None,
     ) -> None:
+        """``client`` has the upstream as base URL, its auth and its timeouts, and must not follow redirects itself;
+        ``allowed``: where blob downloads may be redirected besides the upstream's own host (nowhere if not given)."""
         self.registry = registry
         self._client = client
         self._token_client = token_client
         self._breaker = breaker or CircuitBreaker(registry)
+        self._allowed = allowed or AllowedHosts(registry, host_of(client.base_url))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -178,26 +193,13 @@ class UpstreamRegistry:
         if wait := self._breaker.open_for():
             raise RegistryError.unavailable(f"upstream {self.registry} is failing; next attempt in {wait:.0f} s")
         request = self._client.build_request(method, path, headers=headers, params=params)
-        try:
-            response = await self._client.send(request, stream=True, follow_redirects=redirects)
-        except httpx.TimeoutException:
-            self._breaker.failure()
-            raise RegistryError.gateway_timeout(f"upstream {self.registry} timed out") from None
-        except (httpx.ConnectError, httpx.NetworkError) as exc:
-            self._breaker.failure()
-            raise RegistryError.unavailable(f"upstream {self.registry} unreachable: {type(exc).__name__}") from None
-        except httpx.HTTPError as exc:
-            self._breaker.failure()
-            raise RegistryError.bad_gateway(f"upstream {self.registry} failed: {type(exc).__name__}") from None
-        except RegistryError as exc:
-            # Raised by the token flow: its service being down is the upstream being down.
-            if exc.status >= 500:
-                self._breaker.failure()
-            raise
+        response = await self._exchange(request, f"upstream {self.registry}", upstream=True)
         if response.status_code >= 500:
             self._breaker.failure()
         else:
             self._breaker.success()
+        if redirects and response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
+            return await self._follow(response, method, headers, what)
         if 200 <= response.status_code < 300:
             return response
         body = b""
@@ -209,9 +211,66 @@ class UpstreamRegistry:
             await response.aclose()
         raise _error_for(self.registry, path, what, response.status_code, response.headers, body)
 
+    async def _follow(
+        self, response: httpx.Response, method: str, headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        """Follow the upstream's redirect of a blob request: the final response, open, if it is a success."""
+        for _ in range(MAX_REDIRECTS):
+            await response.aclose()  # nothing to read from a redirect: give its connection back to the pool
+            try:
+                url = response.url.join(response.headers["location"])
+            except httpx.InvalidURL:
+                why = f"upstream {self.registry} redirected {what} to an invalid URL"
+                raise RegistryError.bad_gateway(why) from None
+            self._allowed.check_redirect(url)
+            # Built afresh: only the headers we chose (Range) plus the client's defaults, the timeouts, and no
+            # credentials (auth=None), whatever host it is.
+            hop = self._client.build_request(method, url, headers=headers)
+            target = f"redirect target {host_of(url)} of upstream {self.registry}"
+            response = await self._exchange(hop, target, upstream=False)
+            if 200 <= response.status_code < 300:
+                return response
+            if response.status_code not in _REDIRECT_STATUSES or "location" not in response.headers:
+                await response.aclose()
+                # Its status only: a redirect target's words never reach a client, nor its challenges our auth.
+                raise RegistryError.bad_gateway(f"download of {what} failed: {target} answered {response.status_code}")
+        await response.aclose()
+        raise RegistryError.bad_gateway(f"upstream {self.registry} redirected {what} more than {MAX_REDIRECTS} times")
+
+    async def _exchange(self, request: httpx.Request, peer: str, *, upstream: bool) -> httpx.Response:
+        """Send one request; transport failures become registry errors (counted by the breaker if ``upstream``)."""
+        try:
+            if upstream:
+                return await self._client.send(request, stream=True, follow_redirects=False)
+            return await self._client.send(request, stream=True, follow_redirects=False, auth=None)
+        except httpx.PoolTimeout:
+            # Every pooled connection is busy (many downloads at once): our congestion, not the upstream failing.
+            raise RegistryError.unavailable(f"too many requests to upstream {self.registry} in flight") from None
+        except httpx.TimeoutException:
+            self._failure(upstream)
+            raise RegistryError.gateway_timeout(f"{peer} timed out") from None
+        except (httpx.ConnectError, httpx.NetworkError) as exc:
+            self._failure(upstream)
+            raise RegistryError.unavailable(f"{peer} unreachable: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            self._failure(upstream)
+            raise RegistryError.bad_gateway(f"{peer} failed: {type(exc).__name__}") from None
+        except HostRefused:
+            raise  # a configuration matter, not an outage: the breaker would only hide the message
+        except RegistryError as exc:
+            # Raised by the token flow: its service being down is the upstream being down.
+            if exc.status >= 500:
+                self._failure(upstream)
+            raise
+
+    def _failure(self, upstream: bool) -> None:
+        # Only the upstream's own failures open its breaker; a redirect target's cost one download, no more.
+        if upstream:
+            self._breaker.failure()
+
 
 def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.Headers, body: bytes) -> RegistryError:
-    upstream_code, upstream_message = _upstream_error(body)
+    upstream_code, upstream_message = upstream_error(body)
     if status == 404 or (status == 400 and upstream_code in ("NAME_INVALID", "TAG_INVALID", "MANIFEST_INVALID")):
         if "/blobs/" in path:
             return RegistryError.blob_unknown(what)
@@ -224,31 +283,27 @@ def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.
             f"upstream {registry} denied access: the repository does not exist or needs credentials "
             "that the proxy is not configured with",
         )
+    suffix = _suffix(upstream_code, upstream_message)
     if status == 403:
-        return RegistryError.denied(f"upstream {registry} denied access" + _suffix(upstream_message))
+        return RegistryError.denied(f"upstream {registry} denied access{suffix}")
     if status == 429:
-        message = upstream_message or f"upstream {registry} is rate limiting the proxy"
-        return RegistryError.too_many_requests(message, headers.get("retry-after"))
+        # Docker Hub says here which limit was hit and how to raise it: worth passing on, sanitised.
+        message = f"upstream {registry} is rate limiting the proxy{suffix}"
+        return RegistryError.too_many_requests(message, retry_after(headers.get("retry-after")))
     if status in (502, 503, 504):
         return RegistryError.unavailable(f"upstream {registry} answered {status}")
-    return RegistryError.bad_gateway(f"upstream {registry} answered {status}" + _suffix(upstream_message))
+    return RegistryError.bad_gateway(f"upstream {registry} answered {status}{suffix}")
 
 
-def _suffix(message: str | None) -> str:
-    return f": {message}" if message else ""
+def _suffix(code: str | None, message: str | None) -> str:
+    # Both already sanitised (proxy.upstream.sanitize): a known-shape code, a short line of printable ASCII.
+    parts = [part for part in (code, message) if part]
+    return ": " + ": ".join(parts) if parts else ""
 
 
 def _repository_of(path: str) -> str:
     # "/v2/<repository>/<kind>/<ref>" → "<repository>"
     return path.removeprefix("/v2/").rsplit("/", 2)[0]
-
-
-def _upstream_error(body: bytes) -> tuple[str | None, str | None]:
-    try:
-        error = json.loads(body)["errors"][0]
-        return str(error.get("code")), str(error.get("message"))[:300]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None, None
 
 
 async def _read_bounded(response: httpx.Response, limit: int, what: str, raw: bool = False) -> bytes:

@@ -24,6 +24,7 @@ class ProxyServer:
         upstream_url: str,
         *,
         tag_ttl: str = "5m",
+        read_timeout: str = "30s",
         extra_upstream: str = "",
         extra_config: str = "",
         env: dict[str, str] | None = None,
@@ -53,7 +54,7 @@ registry = "docker.io"
 url = "{upstream_url}"
 tag_ttl = "{tag_ttl}"
 connect_timeout = "2s"
-read_timeout = "30s"
+read_timeout = "{read_timeout}"
 {extra_upstream}
 
 {extra_config}

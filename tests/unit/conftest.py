@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from proxy.app import create_app
 from proxy.config import ServerSettings, Settings, StorageSettings, UpstreamSettings
-from tests.unit.fakes import OCI_INDEX, OCI_MANIFEST, REGISTRY, FakeRegistry
+from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_INDEX, OCI_MANIFEST, REGISTRY, FakeRegistry
 
 ClientFactory = Callable[..., TestClient]
 
@@ -40,6 +40,8 @@ def make_client(tmp_path: Path, fake: FakeRegistry) -> Iterator[ClientFactory]:
     clients: list[TestClient] = []
 
     def factory(tag_ttl: float = 300.0, **upstream: object) -> TestClient:
+        # The fake's CDN and token service are allowed, as Docker Hub's are by default, unless a test says otherwise.
+        upstream = {"redirect_hosts": FAKE_REDIRECT_HOSTS, "token_realms": FAKE_TOKEN_REALMS, **upstream}
         settings = Settings(
             server=ServerSettings(),
             storage=StorageSettings(root=tmp_path / "cache"),

@@ -13,6 +13,10 @@ import httpx
 
 REGISTRY = "https://registry.example.com"
 REALM = "https://auth.example.com/token"
+CDN = "cdn.example.net"
+# What an upstream setting must allow for this fake, as Docker Hub's defaults allow its CDN and auth.docker.io.
+FAKE_REDIRECT_HOSTS = (CDN,)
+FAKE_TOKEN_REALMS = (REALM,)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

@@ -7,9 +7,13 @@ import httpx
 import pytest
 
 from proxy.errors import RegistryError
-from proxy.upstream.auth import RegistryAuth, realm_allowed, scope_for_path
+from proxy.upstream.auth import RegistryAuth, scope_for_path
 from proxy.upstream.challenge import parse_challenges
-from tests.unit.fakes import REGISTRY, FakeRegistry
+from proxy.upstream.hosts import AllowedHosts
+from tests.unit.fakes import REALM, REGISTRY, FakeRegistry
+
+# The fake registry's token service is on another host, as Docker Hub's is: configured, as Docker Hub's is.
+ALLOWED = AllowedHosts.for_url("docker.io", REGISTRY, token_realms=(REALM,))
 
 
 def test_parse_docker_hub_challenge() -> None:
@@ -37,21 +41,6 @@ def test_parse_malformed_challenges_never_raises(header: str) -> None:
     parse_challenges([header])
 
 
-@pytest.mark.parametrize(
-    ("upstream", "realm", "allowed"),
-    [
-        ("registry-1.docker.io", "auth.docker.io", True),
-        ("ghcr.io", "ghcr.io", True),
-        ("registry.example.com", "evil.example.org", False),
-        ("127.0.0.1", "127.0.0.1", True),
-        ("127.0.0.1", "127.0.0.2", False),
-        ("docker.io", "io", False),
-    ],
-)
-def test_realm_allowed(upstream: str, realm: str, allowed: bool) -> None:
-    assert realm_allowed(upstream, realm) is allowed
-
-
 def test_scope_for_path() -> None:
     assert scope_for_path("/v2/library/alpine/manifests/3.20") == "repository:library/alpine:pull"
     assert scope_for_path("/v2/a/b/c/blobs/sha256:00") == "repository:a/b/c:pull"
@@ -72,7 +61,7 @@ async def test_token_is_cached_until_it_expires() -> None:
     clock = Clock()
     transport = httpx.MockTransport(fake)
     async with httpx.AsyncClient(transport=transport) as token_client:
-        auth = RegistryAuth(REGISTRY, token_client, clock=clock)
+        auth = RegistryAuth(REGISTRY, token_client, clock=clock, allowed=ALLOWED)
         async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport) as client:
             headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
             for _ in range(3):
@@ -88,7 +77,7 @@ async def test_concurrent_requests_share_one_token_fetch() -> None:
     fake.add_manifest("library/a", "1", "application/vnd.oci.image.manifest.v1+json", b"{}")
     transport = httpx.MockTransport(fake)
     async with httpx.AsyncClient(transport=transport) as token_client:
-        auth = RegistryAuth(REGISTRY, token_client)
+        auth = RegistryAuth(REGISTRY, token_client, allowed=ALLOWED)
         async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport) as client:
             await client.get("/v2/")  # learn nothing yet: /v2/ needs no token
             headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -125,8 +114,9 @@ async def test_token_service_down_is_a_registry_error() -> None:
         return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://auth.example.com/t"'})
 
     transport = httpx.MockTransport(handler)
+    allowed = AllowedHosts.for_url("docker.io", REGISTRY, token_realms=("auth.example.com",))
     async with httpx.AsyncClient(transport=transport) as token_client:
-        auth = RegistryAuth(REGISTRY, token_client)
+        auth = RegistryAuth(REGISTRY, token_client, allowed=allowed)
         async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport) as client:
             with pytest.raises(RegistryError) as info:
                 await client.get("/v2/x/manifests/1")
@@ -137,9 +127,105 @@ async def test_auth_ping_carries_the_user_agent() -> None:
     fake = FakeRegistry()
     transport = httpx.MockTransport(fake)
     async with httpx.AsyncClient(transport=transport) as token_client:
-        auth = RegistryAuth(REGISTRY, token_client)
+        auth = RegistryAuth(REGISTRY, token_client, allowed=ALLOWED)
         headers = {"User-Agent": "registry-proxy/test"}
         async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport, headers=headers) as client:
             await client.get("/v2/library/a/manifests/1")
     pings = [r for r in fake.requests if r.url.path == "/v2/"]
     assert pings and all(r.headers["user-agent"] == "registry-proxy/test" for r in pings)
+
+
+async def test_auth_ping_carries_the_request_timeout() -> None:
+    # Without it the first request after start waits forever on an upstream that accepts and never answers.
+    fake = FakeRegistry()
+    transport = httpx.MockTransport(fake)
+    timeout = httpx.Timeout(7.0, connect=3.0)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client, allowed=ALLOWED)
+        async with httpx.AsyncClient(base_url=REGISTRY, auth=auth, transport=transport, timeout=timeout) as client:
+            await client.get("/v2/library/a/manifests/1")
+    assert [r.url.path for r in fake.requests][:1] == ["/v2/"]
+    assert all(r.extensions["timeout"] == timeout.as_dict() for r in fake.requests + fake.token_requests)
+
+
+def challenged_by(realm: str, token_requests: list[httpx.Request]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token") or request.url.path == "/t":
+            token_requests.append(request)
+            return httpx.Response(200, json={"token": "t"})
+        if request.headers.get("authorization") == "Bearer t":
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'})
+
+    return httpx.MockTransport(handler)
+
+
+async def pull_with_realm(
+    upstream: str, realm: str, allowed: AllowedHosts | None = None, token_requests: list[httpx.Request] | None = None
+) -> list[httpx.Request]:
+    """Token requests made while pulling from ``upstream`` (credentials u:p) whose challenge names ``realm``."""
+    token_requests = [] if token_requests is None else token_requests
+    transport = challenged_by(realm, token_requests)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth(upstream, token_client, "u", "p", allowed=allowed)
+        async with httpx.AsyncClient(base_url=upstream, auth=auth, transport=transport) as client:
+            response = await client.get("/v2/x/manifests/1")
+            assert response.status_code == 200
+    return token_requests
+
+
+@pytest.mark.parametrize(
+    ("upstream", "realm"),
+    [
+        # Same last two labels, different owners: a public suffix is not a site.
+        ("https://registry.example.co.uk", "https://evil.co.uk/token"),
+        ("https://registry.example.co.uk", "https://auth.other.co.uk/token"),
+        ("https://app.herokuapp.com", "https://evil.herokuapp.com/token"),
+        ("https://registry-1.docker.io", "https://auth.docker.io.evil.example/token"),
+        ("https://127.0.0.1:5000", "https://127.0.0.2/token"),
+    ],
+)
+async def test_a_realm_not_configured_gets_no_request_and_no_credentials(upstream: str, realm: str) -> None:
+    token_requests: list[httpx.Request] = []
+    with pytest.raises(RegistryError) as info:
+        await pull_with_realm(upstream, realm, token_requests=token_requests)
+    assert info.value.status == 502
+    assert "not in its token_realms" in info.value.message
+    assert token_requests == []
+
+
+@pytest.mark.parametrize(
+    ("upstream", "realm", "configured"),
+    [
+        ("https://registry.example.co.uk", "https://registry.example.co.uk:8443/token", ()),  # its own host
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5001/token", ()),  # its own host, another port
+        ("https://registry-1.docker.io", "https://auth.docker.io/token", ("https://auth.docker.io/token",)),
+        ("https://registry-1.docker.io", "https://AUTH.docker.io:443/token", ("https://auth.docker.io/token",)),
+        ("https://registry.example.co.uk", "https://auth.example.co.uk/t", ("auth.example.co.uk",)),
+    ],
+)
+async def test_the_own_host_and_configured_realms_get_the_credentials(
+    upstream: str, realm: str, configured: tuple[str, ...]
+) -> None:
+    allowed = AllowedHosts.for_url("r", upstream, token_realms=configured)
+    [token_request] = await pull_with_realm(upstream, realm, allowed)
+    assert token_request.headers["authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
+
+
+@pytest.mark.parametrize(
+    "realm",
+    [
+        "http://auth.docker.io/token",  # another scheme
+        "https://auth.docker.io:8443/token",  # another port
+        "https://auth.docker.io/other",  # another path
+    ],
+)
+async def test_a_realm_url_matches_exactly(realm: str) -> None:
+    allowed = AllowedHosts.for_url(
+        "docker.io", "https://registry-1.docker.io", token_realms=("https://auth.docker.io/token",)
+    )
+    token_requests: list[httpx.Request] = []
+    with pytest.raises(RegistryError) as info:
+        await pull_with_realm("https://registry-1.docker.io", realm, allowed, token_requests)
+    assert info.value.status == 502
+    assert token_requests == []

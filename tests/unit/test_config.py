@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load, parse_duration
+from proxy.config import ConfigError, UpstreamSettings, load, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,3 +102,61 @@ def test_server_limits(tmp_path: Path) -> None:
     assert (server.header_timeout, server.keep_alive, server.send_timeout) == (5.0, 40.0, 120.0)
     assert (server.max_header_bytes, server.max_connections) == (16384, 100)
     assert settings.storage.required is False
+
+
+def test_docker_hub_redirect_hosts_and_realm_are_built_in_and_others_have_none(tmp_path: Path) -> None:
+    text = '[[upstreams]]\n\n[[upstreams]]\nregistry = "ghcr.io"\nurl = "https://ghcr.io"\n'
+    hub, ghcr = load(write(tmp_path, text), environ={}).upstreams
+    assert "production.cloudflare.docker.com" in hub.redirect_hosts
+    assert "production.cloudfront.docker.com" in hub.redirect_hosts
+    assert hub.token_realms == ("https://auth.docker.io/token",)
+    assert load(None).upstreams[0].redirect_hosts == hub.redirect_hosts
+    assert (ghcr.redirect_hosts, ghcr.token_realms) == ((), ())
+
+
+def test_redirect_hosts_and_token_realms_are_read_and_normalised(tmp_path: Path) -> None:
+    text = """
+[[upstreams]]
+registry = "quay.io"
+url = "https://quay.io"
+redirect_hosts = ["CDN01.quay.io", " *.Example.com. ", "[::1]", "10.0.0.1"]
+token_realms = ["https://Auth.Example.com/token", "http://10.0.0.1:8080/t", "auth2.example.com"]
+"""
+    [quay] = load(write(tmp_path, text), environ={}).upstreams
+    assert quay.redirect_hosts == ("cdn01.quay.io", "*.example.com", "::1", "10.0.0.1")
+    assert quay.token_realms == ("https://auth.example.com/token", "http://10.0.0.1:8080/t", "auth2.example.com")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('redirect_hosts = "cdn.example.com"', "upstreams[0].redirect_hosts: expected a list of strings"),
+        ("redirect_hosts = [1]", "upstreams[0].redirect_hosts: expected a list of strings"),
+        ('redirect_hosts = ["ok.example.com", "https://cdn.example.com"]', "upstreams[0].redirect_hosts[1]: expected"),
+        ('redirect_hosts = ["cdn.*.example.com"]', "upstreams[0].redirect_hosts[0]"),
+        ('redirect_hosts = ["*.com"]', "would allow a whole top-level domain"),
+        ('redirect_hosts = ["*"]', "upstreams[0].redirect_hosts[0]"),
+        ('token_realms = ["*.docker.io"]', "upstreams[0].token_realms[0]: expected a token realm URL"),
+        ('token_realms = ["ftp://auth.example.com/token"]', "upstreams[0].token_realms[0]"),
+        ('token_realms = ["https://u:p@auth.example.com/token"]', "upstreams[0].token_realms[0]"),
+        ('token_realms = ["https://auth.example.com/token?service=x"]', "upstreams[0].token_realms[0]"),
+        ('token_realms = ["https://auth.example.com:99999/token"]', "upstreams[0].token_realms[0]"),
+    ],
+)
+def test_bad_redirect_hosts_and_token_realms_name_the_entry(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path, f"[[upstreams]]\n{line}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value).startswith(f"{path}: ")
+    assert expected in str(info.value)
+
+
+def test_example_config_documents_the_built_in_docker_hub_hosts() -> None:
+    # The commented redirect_hosts / token_realms under docker.io, uncommented, are exactly the defaults.
+    lines = (REPO / "config.example.toml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# redirect_hosts = ["))
+    end = next(i for i, line in enumerate(lines) if line.startswith("# token_realms = "))
+    documented = tomllib.loads("\n".join(line.removeprefix("# ") for line in lines[start : end + 1]))
+    hub = UpstreamSettings()
+    assert tuple(documented["redirect_hosts"]) == hub.redirect_hosts
+    assert tuple(documented["token_realms"]) == hub.token_realms

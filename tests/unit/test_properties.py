@@ -28,7 +28,7 @@ from proxy.ranges import parse_range
 from storage.digest import Digest, InvalidDigest
 from storage.paths import blob_path, manifest_link_path, tag_path, tags_dir
 from storage.references import is_registry, is_repository, is_tag
-from tests.unit.fakes import OCI_MANIFEST, REGISTRY, FakeRegistry
+from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry
 
 # Requests go through the app's whole stack; a few milliseconds each is normal, hence no deadline. No example
 # database and derandomized: every run tries the same examples, so CI cannot pass or fail by luck (a new
@@ -125,7 +125,11 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     settings_ = Settings(
         server=ServerSettings(),
         storage=StorageSettings(root=tmp / "cache"),
-        upstreams=(UpstreamSettings(registry="docker.io", url=REGISTRY),),
+        upstreams=(
+            UpstreamSettings(
+                registry="docker.io", url=REGISTRY, redirect_hosts=FAKE_REDIRECT_HOSTS, token_realms=FAKE_TOKEN_REALMS
+            ),
+        ),
     )
     app = create_app(settings_, transport=httpx.MockTransport(fake))
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -14,7 +14,7 @@ from proxy.app import create_app
 from proxy.config import Settings, StorageSettings, UpstreamSettings
 from storage.blobs import FilesystemBlobWriter
 from tests.unit.asgi import envelope_code, running
-from tests.unit.fakes import OCI_MANIFEST, REGISTRY, FakeRegistry, sha256
+from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry, sha256
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 
@@ -65,7 +65,15 @@ class Chunked(httpx.AsyncByteStream):
 def make_app(tmp_path: Path, handler: object, tag_ttl: float = 300, root: Path | None = None):
     settings = Settings(
         storage=StorageSettings(root=root or tmp_path / "cache"),
-        upstreams=(UpstreamSettings(registry="docker.io", url=REGISTRY, tag_ttl=tag_ttl),),
+        upstreams=(
+            UpstreamSettings(
+                registry="docker.io",
+                url=REGISTRY,
+                tag_ttl=tag_ttl,
+                redirect_hosts=FAKE_REDIRECT_HOSTS,
+                token_realms=FAKE_TOKEN_REALMS,
+            ),
+        ),
     )
     return create_app(settings, transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
 

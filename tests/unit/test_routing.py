@@ -12,7 +12,15 @@ from starlette.testclient import TestClient
 
 from proxy.app import create_app
 from proxy.config import Settings, StorageSettings, UpstreamSettings
-from tests.unit.fakes import OCI_INDEX, OCI_MANIFEST, REGISTRY, FakeRegistry, sha256
+from tests.unit.fakes import (
+    FAKE_REDIRECT_HOSTS,
+    FAKE_TOKEN_REALMS,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REGISTRY,
+    FakeRegistry,
+    sha256,
+)
 
 GHCR = "https://ghcr.example.com"
 MANIFEST = b'{"schemaVersion":2,"mediaType":"' + OCI_MANIFEST.encode() + b'","layers":[]}'
@@ -50,7 +58,9 @@ def client(tmp_path: Path, upstreams: Upstreams) -> Iterator[TestClient]:
     settings = Settings(
         storage=StorageSettings(root=tmp_path / "cache"),
         upstreams=(
-            UpstreamSettings(registry="docker.io", url=REGISTRY),
+            UpstreamSettings(
+                registry="docker.io", url=REGISTRY, redirect_hosts=FAKE_REDIRECT_HOSTS, token_realms=FAKE_TOKEN_REALMS
+            ),
             UpstreamSettings(registry="ghcr.io", url=GHCR, tag_ttl=0),
         ),
     )
