@@ -159,21 +159,25 @@ async def flood(proxy: ProxyServer) -> None:
 
     async def one() -> tuple[bytes, int]:
         reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+        # Read while sending, as a client would: the answer arrives as soon as the proxy cuts the flood.
+        answer = asyncio.create_task(reader.read(4096))
         writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
         sent = 0
         try:
             for _ in range(300 * 1024 * 1024 // len(line)):  # up to 300 MB
+                if answer.done():
+                    break
                 writer.write(line)
                 sent += len(line)
                 await asyncio.wait_for(writer.drain(), 10)
         except (OSError, TimeoutError):
             pass
         try:
-            answer = await asyncio.wait_for(reader.read(4096), 5)
+            got = await asyncio.wait_for(answer, 5)
         except (OSError, TimeoutError):
-            answer = b""
+            got = b""
         writer.close()
-        return answer, sent
+        return got, sent
 
     results = await asyncio.gather(one(), one())
     for answer, sent in results:
