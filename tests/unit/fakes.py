@@ -16,6 +16,7 @@ REALM = "https://auth.example.com/token"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def sha256(data: bytes) -> str:
@@ -84,6 +85,9 @@ class FakeRegistry:
                 return httpx.Response(404, json=_error("MANIFEST_UNKNOWN"))
             media_type, content = found
             accept = request.headers.get("accept", "")
+            if media_type == DOCKER_LIST and DOCKER_LIST not in accept and not ref.startswith("sha256:"):
+                # Distribution's answer to a client that takes no manifest list: the list's linux/amd64 image.
+                media_type, content = self.manifests.get((repo, _amd64_entry(content)), (media_type, content))
             if media_type not in accept:
                 return httpx.Response(404, json=_error("MANIFEST_UNKNOWN"))
             headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256(content)}
@@ -156,6 +160,13 @@ def _split(path: str) -> tuple[str, str, str]:
         return rest.removesuffix("/tags/list"), "tags", "list"
     repo, kind, ref = rest.rsplit("/", 2)
     return repo, kind, ref
+
+
+def _amd64_entry(manifest_list: bytes) -> str:
+    for entry in json.loads(manifest_list)["manifests"]:
+        if entry.get("platform", {}) == {"os": "linux", "architecture": "amd64"}:
+            return str(entry["digest"])
+    return ""
 
 
 def _error(code: str) -> dict[str, object]:
