@@ -92,18 +92,25 @@ class RelayedBlob:
             yield data
 
 
+# What one upstream request asks for: (registry, repository, digest). Work is shared only between requests that would
+# ask the upstream the same thing; a repository that lacks the blob must not fail a request under one that has it.
+UpstreamKey = tuple[str, str, Digest]
+
+
 class BlobService:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        # Fills in progress, by digest: every request for a blob being downloaded reads the same fill.
-        self._fills: dict[Digest, BlobFill] = {}
+        # Fills in progress: every request for a blob being downloaded under the same name reads the same fill.
+        # Only committed bytes are shared across repositories (the cache is keyed by digest alone).
+        self._fills: dict[UpstreamKey, BlobFill] = {}
         self._heads: SingleFlight[int] = SingleFlight()
 
     async def stat(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await self._cached_size(digest)
         if size is not None:
             return size
-        fill = self._fills.get(digest)
+        key = (origin.registry, repository, digest)
+        fill = self._fills.get(key)
         if fill is not None:
             try:
                 if (size := await fill.ready()) is not None:
@@ -111,7 +118,7 @@ class BlobService:
             except (RegistryError, StorageError):
                 pass  # the fill's own trouble; a HEAD of our own decides
         # Concurrent HEADs of one uncached blob share one upstream HEAD, and a HEAD never downloads.
-        return await self._heads.do((origin.registry, digest), lambda: self._head(origin, repository, digest))
+        return await self._heads.do(key, lambda: self._head(origin, repository, digest))
 
     async def _head(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await origin.remote.head_blob(repository, digest)
@@ -127,10 +134,13 @@ class BlobService:
         def download(offset: int) -> Awaitable[BlobDownload]:
             return origin.remote.open_blob(repository, digest, offset)
 
-        fill = self._fills.get(digest)
+        key = (origin.registry, repository, digest)
+        fill = self._fills.get(key)
         if fill is None:
-            fill = BlobFill(digest, self._store, download, self._forget)
-            self._fills[digest] = fill
+            # Fills of one digest under two names may run at once: each writes a partial file of its own, and
+            # committing identical content twice is an atomic replace.
+            fill = BlobFill(digest, self._store, download, lambda done: self._forget(key, done))
+            self._fills[key] = fill
             fill.start()
         try:
             await fill.ready()
@@ -146,6 +156,6 @@ class BlobService:
             log.error("cache lookup of %s failed, treating it as a miss: %s", digest, exc)
             return None
 
-    def _forget(self, fill: BlobFill) -> None:
-        if self._fills.get(fill.digest) is fill:
-            del self._fills[fill.digest]
+    def _forget(self, key: UpstreamKey, fill: BlobFill) -> None:
+        if self._fills.get(key) is fill:
+            del self._fills[key]

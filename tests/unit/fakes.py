@@ -29,6 +29,8 @@ class FakeRegistry:
 
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)  # (repo, ref) → (type, body)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    # digest → the repositories that have it, for blobs that only some have (any repository has the others)
+    blob_repositories: dict[str, set[str]] = field(default_factory=dict)
     tags: dict[str, list[str]] = field(default_factory=dict)
     token_lifetime: int = 300
     require_auth: bool = True
@@ -96,7 +98,7 @@ class FakeRegistry:
                 return httpx.Response(200, headers=headers)
             return _streamed(200, headers, content)
         if kind == "blobs":
-            if ref not in self.blobs:
+            if ref not in self.blobs or repo not in self.blob_repositories.get(ref, {repo}):
                 return httpx.Response(404, json=_error("BLOB_UNKNOWN"))
             # Like Docker Hub: blobs live on a CDN on another host.
             return httpx.Response(307, headers={"Location": f"https://cdn.example.net/blobs/{ref}?verify=1"})
