@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable
-from typing import Protocol
 
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
-from proxy.pullthrough.fill import BlobFill, Download
-from proxy.pullthrough.relay import relay
+from proxy.pullthrough.fill import BlobFill
+from proxy.pullthrough.relay import RelayedBlob
 from proxy.pullthrough.segments import Chunk, chunk_size, next_chunk
 from proxy.pullthrough.singleflight import SingleFlight
+from proxy.pullthrough.sources import BlobSource, ByteRange
 from proxy.routing import Origin
 from proxy.upstream.client import BlobDownload
 from storage.digest import Digest
@@ -20,17 +20,6 @@ from storage.interfaces import BlobStore, StorageError
 __all__ = ["BlobService", "BlobSource", "CachedBlob", "RelayedBlob"]
 
 log = logging.getLogger(__name__)
-
-
-class BlobSource(Protocol):
-    """Where a response's bytes come from: the cache, or a fill in progress (:class:`BlobFill`)."""
-
-    @property
-    def size(self) -> int | None: ...
-
-    def stream(self, start: int = 0, end: int | None = None, zero_copy: bool = False) -> AsyncGenerator[Chunk, None]:
-        """Bytes ``start`` to ``end`` (exclusive); with ``zero_copy``, file segments where the source has a file."""
-        ...
 
 
 class CachedBlob:
@@ -42,6 +31,9 @@ class CachedBlob:
     @property
     def size(self) -> int:
         return self._size
+
+    async def for_range(self, start: int, end: int) -> tuple[BlobSource, ByteRange | None]:
+        return self, (start, end)  # committed bytes were verified
 
     async def stream(
         self, start: int = 0, end: int | None = None, zero_copy: bool = False
@@ -63,33 +55,6 @@ class CachedBlob:
                 yield chunk
         finally:
             await reader.close()
-
-
-class RelayedBlob:
-    """A blob the cache could not take, streamed from the upstream to this one client."""
-
-    def __init__(self, download: BlobDownload, reopen: Download, digest: Digest) -> None:
-        self._download = download
-        self._reopen = reopen
-        self._digest = digest
-
-    @property
-    def size(self) -> int | None:
-        return self._download.size
-
-    async def stream(
-        self, start: int = 0, end: int | None = None, zero_copy: bool = False
-    ) -> AsyncGenerator[Chunk, None]:
-        download = self._download
-        if start:
-            await download.aclose()
-            try:
-                download = await self._reopen(start)
-            except RegistryError as exc:
-                raise FillFailed(f"cannot relay {self._digest}: {exc.message}") from None
-        hasher = self._digest.hasher() if start == 0 and end is None else None
-        async for data in relay(download, self._digest, start, end, hasher):
-            yield data
 
 
 # What one upstream request asks for: (registry, repository, digest). Work is shared only between requests that would
@@ -146,7 +111,7 @@ class BlobService:
             await fill.ready()
         except StorageError:
             # Logged by the fill. The cache cannot take it, but the client still gets its blob.
-            return RelayedBlob(await download(0), download, digest)
+            return RelayedBlob(await download(0), digest)
         return fill
 
     async def _cached_size(self, digest: Digest) -> int | None:

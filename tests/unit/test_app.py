@@ -442,3 +442,16 @@ def test_stale_list_stands_in_for_a_client_without_list_support(make_client: Cli
     assert response.status_code == 200
     assert response.headers["docker-content-digest"] == images["amd64"]
     assert response.headers["warning"] == '110 - "Response is Stale"'
+
+
+def test_relay_of_an_open_ended_range_is_verified(make_client: ClientFactory, fake: FakeRegistry, tmp_path) -> None:
+    (tmp_path / "cache").write_text("a file where the cache root should be: every blob is relayed")
+    client = make_client()
+    data = b"layer-bytes" * 1000
+    response = client.get(f"/v2/library/alpine/blobs/{sha256(data)}", headers={"Range": "bytes=1000-"})
+    assert response.status_code == 206
+    assert response.content == data[1000:]
+    fake.corrupt_blobs = True  # byte 0, which this client does not ask for, is wrong: so is the blob
+    response = client.get(f"/v2/library/alpine/blobs/{sha256(data)}", headers={"Range": "bytes=1000-"})
+    assert response.status_code == 206
+    assert len(response.content) < len(data) - 1000  # cut before its end: never a complete-looking body

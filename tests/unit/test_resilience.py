@@ -264,3 +264,68 @@ async def test_concurrent_fills_of_one_digest_under_two_names_both_commit(tmp_pa
     blob_dir = tmp_path / "cache" / "blobs" / "sha256" / digest[7:9]
     assert [p.name for p in blob_dir.iterdir()] == [digest.removeprefix("sha256:")]  # no partial file left
     assert (blob_dir / digest.removeprefix("sha256:")).read_bytes() == BLOB
+
+
+# -- a range short of the blob's end is answered only from verified bytes (issue 7, item 7) ----------------------------
+
+
+def unusable_root(tmp_path: Path) -> Path:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the cache root cannot live under a file")
+    return not_a_dir / "cache"
+
+
+async def test_range_short_of_the_end_on_a_corrupt_miss_is_an_error_not_bytes(
+    tmp_path: Path, fake: FakeRegistry
+) -> None:
+    fake.corrupt_blobs = True  # the upstream flips the first byte
+    async with running(make_app(tmp_path, fake)) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
+        assert response.status_code == 502
+        assert envelope_code(response) == "UPSTREAM_ERROR"
+        fake.corrupt_blobs = False
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
+        assert response.status_code == 206
+        assert response.content == BLOB[:100]
+
+
+async def test_range_short_of_the_end_waits_for_the_commit(tmp_path: Path, fake: FakeRegistry) -> None:
+    gate = Gate()
+    gate.open.set()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=5-104"})
+        assert response.status_code == 206
+        assert response.content == BLOB[5:105]
+        assert response.headers["content-range"] == f"bytes 5-104/{len(BLOB)}"
+        # Answered from the committed blob: it is in the cache already, with no partial file beside it.
+        cached = [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
+        assert [p.name for p in cached] == [sha256(BLOB).removeprefix("sha256:")]
+
+
+async def test_relay_answers_a_range_short_of_the_end_with_the_whole_verified_blob(
+    tmp_path: Path, fake: FakeRegistry
+) -> None:
+    async with running(make_app(tmp_path, fake, root=unusable_root(tmp_path))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=10-19"})
+    assert response.status_code == 200
+    assert "content-range" not in response.headers
+    assert response.content == BLOB
+
+
+async def test_disk_full_during_a_fill_answers_a_short_range_with_the_whole_blob(
+    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = FilesystemBlobWriter._write_and_hash
+
+    def full_after_256k(self: FilesystemBlobWriter, data: bytes) -> None:
+        if self.written + len(data) > 256 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, data)
+
+    monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", full_after_256k)
+    gate = Gate()
+    gate.open.set()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
+    assert response.status_code == 200
+    assert response.content == BLOB
