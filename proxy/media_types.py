@@ -5,15 +5,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["MANIFEST_MEDIA_TYPES", "Accept", "base_media_type"]
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "MANIFEST_MEDIA_TYPES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Accept",
+    "base_media_type",
+]
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
-# Sent upstream when a client names no manifest type: without an explicit list, registries fall back
-# to schema1 or refuse OCI content (httpx's default is "*/*", which Distribution ignores).
+# What the proxy asks an upstream for: every type it serves. Without an explicit list, registries fall back to
+# schema1 or refuse OCI content (httpx's default is "*/*", which Distribution ignores); with a client's narrower
+# list, the answer for a multi-arch tag would be one platform's image instead of the index.
 MANIFEST_MEDIA_TYPES: tuple[str, ...] = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
 
 
@@ -47,8 +56,16 @@ class Accept:
         return cls(tuple(types), wildcard)
 
     def allows(self, media_type: str) -> bool:
+        # "*/*", or no Accept at all, allows everything, as HTTP reads it. Distribution instead ignores "*/*" and
+        # treats a client that names no type as schema1-only, a format this proxy does not serve; the clients
+        # that send no Accept (curl, scripts) want whatever the registry holds.
         return self.wildcard or not self.types or media_type in self.types
 
+    @classmethod
+    def every_type(cls) -> Accept:
+        """What the proxy asks upstreams for, whoever is asking it: every manifest type it serves."""
+        return cls(MANIFEST_MEDIA_TYPES)
+
     def upstream(self) -> tuple[str, ...]:
-        """What to ask the upstream for: the client's own list, or every manifest type we serve."""
+        """The types to name in an upstream request: those of this Accept, or every type we serve if it names none."""
         return self.types or MANIFEST_MEDIA_TYPES

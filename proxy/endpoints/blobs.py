@@ -21,7 +21,9 @@ async def get_blob(request: Request) -> Response:
         # Answered from the cache or an upstream HEAD: a HEAD never starts a download.
         return echo_namespace(BlobResponse(digest, await svc.blobs.stat(origin, repository, digest), None), where)
     source = await svc.blobs.open(origin, repository, digest)
-    size = source.size
     # When the upstream did not announce a size, a range cannot be checked: the whole blob is sent (200).
-    byte_range = parse_range(request.headers.get("range"), size) if size is not None else None
-    return echo_namespace(BlobResponse(digest, size, source, byte_range), where)
+    byte_range = parse_range(request.headers.get("range"), source.size) if source.size is not None else None
+    if byte_range is not None:
+        # The source may wait until the bytes are verified, or answer with the whole blob instead.
+        source, byte_range = await source.for_range(*byte_range)
+    return echo_namespace(BlobResponse(digest, source.size, source, byte_range), where)

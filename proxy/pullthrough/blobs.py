@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable
-from typing import Protocol
 
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
-from proxy.pullthrough.fill import BlobFill, Download
-from proxy.pullthrough.relay import relay
+from proxy.pullthrough.fill import BlobFill
+from proxy.pullthrough.relay import RelayedBlob
 from proxy.pullthrough.segments import Chunk, chunk_size, next_chunk
 from proxy.pullthrough.singleflight import SingleFlight
+from proxy.pullthrough.sources import BlobSource, ByteRange
 from proxy.routing import Origin
 from proxy.upstream.client import BlobDownload
 from storage.digest import Digest
@@ -20,17 +20,6 @@ from storage.interfaces import BlobStore, StorageError
 __all__ = ["BlobService", "BlobSource", "CachedBlob", "RelayedBlob"]
 
 log = logging.getLogger(__name__)
-
-
-class BlobSource(Protocol):
-    """Where a response's bytes come from: the cache, or a fill in progress (:class:`BlobFill`)."""
-
-    @property
-    def size(self) -> int | None: ...
-
-    def stream(self, start: int = 0, end: int | None = None, zero_copy: bool = False) -> AsyncGenerator[Chunk, None]:
-        """Bytes ``start`` to ``end`` (exclusive); with ``zero_copy``, file segments where the source has a file."""
-        ...
 
 
 class CachedBlob:
@@ -42,6 +31,9 @@ class CachedBlob:
     @property
     def size(self) -> int:
         return self._size
+
+    async def for_range(self, start: int, end: int) -> tuple[BlobSource, ByteRange | None]:
+        return self, (start, end)  # committed bytes were verified
 
     async def stream(
         self, start: int = 0, end: int | None = None, zero_copy: bool = False
@@ -65,45 +57,25 @@ class CachedBlob:
             await reader.close()
 
 
-class RelayedBlob:
-    """A blob the cache could not take, streamed from the upstream to this one client."""
-
-    def __init__(self, download: BlobDownload, reopen: Download, digest: Digest) -> None:
-        self._download = download
-        self._reopen = reopen
-        self._digest = digest
-
-    @property
-    def size(self) -> int | None:
-        return self._download.size
-
-    async def stream(
-        self, start: int = 0, end: int | None = None, zero_copy: bool = False
-    ) -> AsyncGenerator[Chunk, None]:
-        download = self._download
-        if start:
-            await download.aclose()
-            try:
-                download = await self._reopen(start)
-            except RegistryError as exc:
-                raise FillFailed(f"cannot relay {self._digest}: {exc.message}") from None
-        hasher = self._digest.hasher() if start == 0 and end is None else None
-        async for data in relay(download, self._digest, start, end, hasher):
-            yield data
+# What one upstream request asks for: (registry, repository, digest). Work is shared only between requests that would
+# ask the upstream the same thing; a repository that lacks the blob must not fail a request under one that has it.
+UpstreamKey = tuple[str, str, Digest]
 
 
 class BlobService:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        # Fills in progress, by digest: every request for a blob being downloaded reads the same fill.
-        self._fills: dict[Digest, BlobFill] = {}
+        # Fills in progress: every request for a blob being downloaded under the same name reads the same fill.
+        # Only committed bytes are shared across repositories (the cache is keyed by digest alone).
+        self._fills: dict[UpstreamKey, BlobFill] = {}
         self._heads: SingleFlight[int] = SingleFlight()
 
     async def stat(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await self._cached_size(digest)
         if size is not None:
             return size
-        fill = self._fills.get(digest)
+        key = (origin.registry, repository, digest)
+        fill = self._fills.get(key)
         if fill is not None:
             try:
                 if (size := await fill.ready()) is not None:
@@ -111,7 +83,7 @@ class BlobService:
             except (RegistryError, StorageError):
                 pass  # the fill's own trouble; a HEAD of our own decides
         # Concurrent HEADs of one uncached blob share one upstream HEAD, and a HEAD never downloads.
-        return await self._heads.do((origin.registry, digest), lambda: self._head(origin, repository, digest))
+        return await self._heads.do(key, lambda: self._head(origin, repository, digest))
 
     async def _head(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await origin.remote.head_blob(repository, digest)
@@ -127,16 +99,19 @@ class BlobService:
         def download(offset: int) -> Awaitable[BlobDownload]:
             return origin.remote.open_blob(repository, digest, offset)
 
-        fill = self._fills.get(digest)
+        key = (origin.registry, repository, digest)
+        fill = self._fills.get(key)
         if fill is None:
-            fill = BlobFill(digest, self._store, download, self._forget)
-            self._fills[digest] = fill
+            # Fills of one digest under two names may run at once: each writes a partial file of its own, and
+            # committing identical content twice is an atomic replace.
+            fill = BlobFill(digest, self._store, download, lambda done: self._forget(key, done))
+            self._fills[key] = fill
             fill.start()
         try:
             await fill.ready()
         except StorageError:
             # Logged by the fill. The cache cannot take it, but the client still gets its blob.
-            return RelayedBlob(await download(0), download, digest)
+            return RelayedBlob(await download(0), digest)
         return fill
 
     async def _cached_size(self, digest: Digest) -> int | None:
@@ -146,6 +121,6 @@ class BlobService:
             log.error("cache lookup of %s failed, treating it as a miss: %s", digest, exc)
             return None
 
-    def _forget(self, fill: BlobFill) -> None:
-        if self._fills.get(fill.digest) is fill:
-            del self._fills[fill.digest]
+    def _forget(self, key: UpstreamKey, fill: BlobFill) -> None:
+        if self._fills.get(key) is fill:
+            del self._fills[key]

@@ -3,7 +3,8 @@
 The download runs in its own task, so it finishes (and the next pull is a hit) even when every client
 that asked for it has gone. Readers tail the partial file; the last byte of the blob is held back until
 the digest has been verified and the blob committed, so a client never receives a complete-looking body
-that does not match its digest.
+that does not match its digest. A range that ends before the blob does has no last byte to hold back: it
+is answered only once the blob is committed, from the committed bytes.
 
 If the upstream connection breaks, the fill resumes from where it was with a Range request. If the
 cache fails (disk full), the clients reading the fill continue straight from the upstream (see
@@ -15,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
-from proxy.pullthrough.relay import relay
+from proxy.pullthrough.relay import Download, RelayedBlob, relay
 from proxy.pullthrough.segments import CHUNK_SIZE, Chunk, chunk_size, next_chunk
+from proxy.pullthrough.sources import BlobSource, ByteRange
 from proxy.upstream.client import BlobDownload, DownloadInterrupted
 from storage.digest import Digest
 from storage.interfaces import BlobReader, BlobStore, BlobWriter, StorageError
@@ -37,9 +39,6 @@ _RESUME_BACKOFF = 0.25
 # A reader tailing a fill sends what is new once it is this big, or once it waited _BATCH_WAIT seconds for more.
 _BATCH = 1024 * 1024
 _BATCH_WAIT = 0.05
-
-Download = Callable[[int], Awaitable[BlobDownload]]
-"""Opens the blob upstream at a byte offset."""
 
 
 class _State(enum.Enum):
@@ -191,14 +190,33 @@ class BlobFill:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    async def for_range(self, start: int, end: int) -> tuple[BlobSource, ByteRange | None]:
+        if self._size is None or end >= self._size:
+            # Through the last byte: streamed as it arrives, the last byte held back until the blob is verified.
+            return self, (start, end)
+        if await self.wait():
+            return self, (start, end)  # streamed from the committed, verified file
+        if isinstance(self._error, StorageError):
+            # The cache failed; a relay verifies only what it sends to the end, so this client gets the whole blob.
+            return RelayedBlob(await self._download(0), self.digest), None
+        if isinstance(self._error, RegistryError):
+            raise self._error
+        raise RegistryError.bad_gateway(f"download of {self.digest} failed: {_describe(self._error)}")
+
     async def stream(
         self, start: int = 0, end: int | None = None, zero_copy: bool = False
     ) -> AsyncGenerator[Chunk, None]:
-        """Bytes ``start`` to ``end`` (exclusive; None = to the end), as they arrive."""
+        """Bytes ``start`` to ``end`` (exclusive; None = to the end), as they arrive.
+
+        A range that ends before the blob does waits for the commit (see :meth:`for_range`, which callers use to
+        answer such ranges with a proper error instead of a cut response when the fill fails).
+        """
+        if end is not None and self._size is not None and end < self._size and not await self.wait():
+            raise FillFailed(f"fill of {self.digest} failed: {_describe(self._error)}")
         reader = await self._open_reader()
         if reader is None:
             # The cache failed before this client read anything: it gets the blob from the upstream.
-            async for data in self._relay(None, start, start, end):
+            async for data in self._relay(None, start):
                 yield data
             return
         pos = start
@@ -228,7 +246,7 @@ class BlobFill:
                     if not isinstance(self._error, StorageError):
                         raise FillFailed(f"fill of {self.digest} failed: {_describe(self._error)}")
                     # The cache failed, not the upstream: this client goes on straight from the upstream.
-                    async for data in self._relay(reader, start, pos, end):
+                    async for data in self._relay(reader, pos):
                         yield data
                     return
                 else:
@@ -236,28 +254,25 @@ class BlobFill:
         finally:
             await reader.close()
 
-    async def _relay(
-        self, reader: BlobReader | None, start: int, pos: int, end: int | None
-    ) -> AsyncGenerator[bytes, None]:
-        hasher = None
-        if start == 0 and end is None and reader is not None:
-            # A whole-blob response is verified like a fill: hash what this client already got (still
-            # readable through the open partial file), then the rest as it is relayed.
-            hasher = self.digest.hasher()
-            offset = 0
-            while offset < pos:
-                data = await reader.read(offset, min(CHUNK_SIZE, pos - offset))
-                if not data:
-                    raise FillFailed(f"partial cache file of {self.digest} is shorter than what was sent")
-                hasher.update(data)
-                offset += len(data)
-        elif start == 0 and end is None:
-            hasher = self.digest.hasher()
+    async def _relay(self, reader: BlobReader | None, pos: int) -> AsyncGenerator[bytes, None]:
+        """The rest of the blob from ``pos``, straight from the upstream, verified as the fill would have been.
+
+        What the partial file holds of bytes ``0..pos`` (still readable through the open reader) is hashed from
+        it, the rest is downloaded and hashed too, and the last chunk is sent only once the blob matched.
+        """
+        hasher = self.digest.hasher()
+        have = 0
+        while reader is not None and have < pos:
+            data = await reader.read(have, min(CHUNK_SIZE, pos - have))
+            if not data:
+                break  # the client asked from beyond what the fill had written: the upstream sends the rest
+            hasher.update(data)
+            have += len(data)
         try:
-            download = await self._download(pos)
+            download = await self._download(have)
         except RegistryError as exc:
             raise FillFailed(f"cannot relay {self.digest}: {exc.message}") from None
-        async for data in relay(download, self.digest, pos, end, hasher):
+        async for data in relay(download, self.digest, hasher, pos):
             yield data
 
     def _readable(self) -> int:

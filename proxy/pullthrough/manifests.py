@@ -1,5 +1,9 @@
 """Manifests: by digest from the cache forever; by tag trusted for the upstream's ``tag_ttl``.
 
+A tag is always asked of the upstream with every manifest type, so its record holds the upstream's one answer
+(a multi-arch tag's index) whatever the client that happened to ask first accepts; each client is then answered
+from that record (:mod:`proxy.pullthrough.negotiation`).
+
 Past the TTL a tag is revalidated with one upstream HEAD (which Docker Hub does not count as a pull);
 the manifest itself is only fetched again when the tag moved to a digest this repository lacks.
 """
@@ -12,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from proxy.errors import RegistryError
-from proxy.media_types import Accept
+from proxy.media_types import DOCKER_MANIFEST_LIST, Accept
+from proxy.pullthrough.negotiation import default_image, not_accepted
 from proxy.pullthrough.singleflight import SingleFlight
 from proxy.routing import Origin
 from proxy.upstream.client import MAX_MANIFEST_SIZE, FetchedManifest
@@ -41,35 +46,50 @@ class ManifestService:
         self._flights: SingleFlight[Manifest] = SingleFlight()
 
     async def by_digest(self, origin: Origin, repository: str, digest: Digest, accept: Accept) -> Manifest:
-        key = ("digest", origin.registry, repository, digest)
-        manifest = await self._flights.do(key, lambda: self._by_digest(origin, repository, digest))
+        manifest = await self._digest(origin, repository, digest)
         _check_accepted(manifest, accept, str(digest))
         return manifest
 
     async def by_tag(self, origin: Origin, repository: str, tag: str, accept: Accept) -> Manifest:
-        key = ("tag", origin.registry, repository, tag, accept)
-        return await self._flights.do(key, lambda: self._by_tag(origin, repository, tag, accept))
+        # One answer per tag, whatever this client accepts: clients with different Accept headers share one lookup.
+        key = ("tag", origin.registry, repository, tag)
+        manifest = await self._flights.do(key, lambda: self._by_tag(origin, repository, tag))
+        if accept.allows(manifest.media_type):
+            return manifest
+        if manifest.media_type != DOCKER_MANIFEST_LIST:
+            raise not_accepted(tag, manifest.media_type)
+        image = default_image(manifest.body)
+        if image is None:
+            raise RegistryError.manifest_unknown(
+                tag, "the manifest list has no linux/amd64 image, and the request's Accept header does not allow lists"
+            )
+        # Through the by-digest path, so the image is cached like any other.
+        found = await self._digest(origin, repository, image)
+        _check_accepted(found, accept, tag)
+        return replace(found, stale=manifest.stale)
+
+    async def _digest(self, origin: Origin, repository: str, digest: Digest) -> Manifest:
+        key = ("digest", origin.registry, repository, digest)
+        return await self._flights.do(key, lambda: self._by_digest(origin, repository, digest))
 
     async def _by_digest(self, origin: Origin, repository: str, digest: Digest) -> Manifest:
         cached = await self._cached(origin, repository, digest)
         if cached is None:
             # The digest fixes the content, so ask for every type; whether this client accepts it is
             # checked per caller (callers with different Accept headers share this fetch).
-            fetched = await origin.remote.get_manifest(repository, str(digest), Accept())
+            fetched = await origin.remote.get_manifest(repository, str(digest), Accept.every_type())
             if fetched.digest != digest:
                 raise RegistryError.bad_gateway(f"upstream {origin.registry} sent a manifest other than {digest}")
             cached = await self._remember(origin, repository, fetched)
         return cached
 
-    async def _by_tag(self, origin: Origin, repository: str, tag: str, accept: Accept) -> Manifest:
+    async def _by_tag(self, origin: Origin, repository: str, tag: str) -> Manifest:
         record = await self._index.get_tag(origin.registry, repository, tag)
-        cached = None
-        if record is not None and accept.allows(record.media_type):
-            cached = await self._cached(origin, repository, record.digest)
+        cached = await self._cached(origin, repository, record.digest) if record is not None else None
         if cached is not None and record is not None and self._clock() - record.fetched_at < origin.tag_ttl:
             return cached
         try:
-            return await self._refresh_tag(origin, repository, tag, accept, cached)
+            return await self._refresh_tag(origin, repository, tag, cached)
         except RegistryError as exc:
             if cached is None or not exc.is_outage:
                 raise
@@ -77,19 +97,18 @@ class ManifestService:
             log.warning("serving stale %s/%s:%s (upstream: %s)", origin.registry, repository, tag, exc.message)
             return replace(cached, stale=True)
 
-    async def _refresh_tag(
-        self, origin: Origin, repository: str, tag: str, accept: Accept, cached: Manifest | None
-    ) -> Manifest:
+    async def _refresh_tag(self, origin: Origin, repository: str, tag: str, cached: Manifest | None) -> Manifest:
+        every_type = Accept.every_type()
         if cached is not None:
             # One HEAD (which Docker Hub does not count as a pull) tells whether the tag still points there.
-            head = await origin.remote.head_manifest(repository, tag, accept)
+            head = await origin.remote.head_manifest(repository, tag, every_type)
             if head.digest == cached.digest:
                 await self._remember_tag(origin, repository, tag, cached)
                 return cached
             if head.digest is not None and (moved := await self._cached(origin, repository, head.digest)):
                 await self._remember_tag(origin, repository, tag, moved)
                 return moved
-        fetched = await origin.remote.get_manifest(repository, tag, accept)
+        fetched = await origin.remote.get_manifest(repository, tag, every_type)
         manifest = await self._remember(origin, repository, fetched)
         await self._remember_tag(origin, repository, tag, manifest)
         return manifest
@@ -126,6 +145,4 @@ class ManifestService:
 
 def _check_accepted(manifest: Manifest, accept: Accept, reference: str) -> None:
     if not accept.allows(manifest.media_type):
-        raise RegistryError.manifest_unknown(
-            reference, f"manifest is {manifest.media_type}, which the request's Accept header does not allow"
-        )
+        raise not_accepted(reference, manifest.media_type)

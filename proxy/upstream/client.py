@@ -166,10 +166,13 @@ class UpstreamRegistry:
             await response.aclose()
         return TagPage(body, response.headers.get("link"))
 
-    async def get_referrers(self, repository: str, subject: Digest) -> ReferrersPage:
+    async def get_referrers(
+        self, repository: str, subject: Digest, params: dict[str, str] | None = None
+    ) -> ReferrersPage:
+        """The first page of referrers, or the page that ``params`` (the query of the upstream's Link) names."""
         path = f"/v2/{repository}/referrers/{subject}"
         headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
-        response = await self._send("GET", path, headers, what=str(subject))
+        response = await self._send("GET", path, headers, what=str(subject), params=params)
         try:
             body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"referrers of {repository}@{subject}")
         finally:

@@ -43,6 +43,7 @@ from tests.harness.containerd import (
 )
 from tests.harness.dockerd import Docker, Dockerd, dockerd_binary
 from tests.harness.images import BUSYBOX_OUTPUT, Images, PushedImage
+from tests.harness.negotiation import schema2_only_client_first, tag_digest
 from tests.harness.proxy_server import ProxyServer
 from tests.harness.registry import DistributionRegistry
 from tests.harness.upstreams import ghcr_env, ghcr_upstream_config
@@ -350,3 +351,27 @@ def test_docker_run_busybox(docker: Docker, proxy_log: ProxyLog, images: Images)
     assert output.strip() == BUSYBOX_OUTPUT
     assert docker.inspect(f"busybox:{image.tag}").digest_for("busybox") == image.digest
     assert_served(proxy_log.since(mark), image.repository, image, image, None)
+
+
+# -- after a client that accepts only schema2 (issue 7, item 2) ---------------------------------------------------
+
+
+@pytest.fixture
+def own_proxy(upstream_registry: DistributionRegistry, tmp_path: Path) -> Iterator[ProxyServer]:
+    """A proxy with an empty cache of its own, so that the test decides which client asks for a tag first."""
+    with ProxyServer(tmp_path / "own-proxy", upstream_registry.url) as server:
+        yield server
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+def test_ctr_arm64_after_a_schema2_only_client(restart: bool, ctr: Ctr, own_proxy: ProxyServer, images: Images) -> None:
+    case = CASES["list-arm64"]
+    top, image = case.pulled(images)
+    schema2_only_client_first(own_proxy, top, restart=restart)
+    pulled = ctr.pull(own_proxy.ref(top.ref), plain_http=True, platform=case.platform)
+    assert pulled.digest == top.digest
+    assert pulled.media_type == top.media_type
+    content = ctr.content_digests()
+    assert {image.digest, *(blob.digest for blob in image.blobs)} <= content
+    assert top.child("amd64").digest not in content
+    assert tag_digest(own_proxy, top) == top.digest

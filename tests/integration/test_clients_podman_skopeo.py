@@ -38,6 +38,7 @@ from tests.harness.containers import (
     write_registries_conf,
 )
 from tests.harness.images import BUSYBOX_OUTPUT, Images, PushedImage
+from tests.harness.negotiation import schema2_only_client_first, tag_digest
 from tests.harness.oci import Platform
 from tests.harness.proxy_server import ProxyServer
 from tests.harness.registry import DistributionRegistry
@@ -378,3 +379,50 @@ def test_podman_run(
 ) -> None:
     reference = podman_pull_through_proxy(route, case, images, proxy, proxy_log, upstreams, podman)
     assert podman.run(reference).stdout == f"{BUSYBOX_OUTPUT}\n"
+
+
+# -- after a client that accepts only schema2 (issue 7, item 2) --------------------------------------------------------
+
+RESTARTS = pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+
+
+@pytest.fixture
+def own_proxy(upstream_registry: DistributionRegistry, tmp_path: Path) -> Iterator[ProxyServer]:
+    """A proxy with an empty cache of its own, so that the test decides which client asks for a tag first."""
+    with ProxyServer(tmp_path / "own-proxy", upstream_registry.url) as server:
+        yield server
+
+
+@pytest.fixture
+def own_registries_conf(own_proxy: ProxyServer, tmp_path: Path) -> Path:
+    return write_registries_conf(tmp_path / "own-registries" / "registries.conf", own_proxy.host)
+
+
+@RESTARTS
+def test_skopeo_arm64_after_a_schema2_only_client(
+    restart: bool, images: Images, own_proxy: ProxyServer, own_registries_conf: Path, skopeo: str, tmp_path: Path
+) -> None:
+    item = subject(images, "list-arm64")
+    schema2_only_client_first(own_proxy, item.pushed, restart=restart)
+    client = Skopeo(tmp_path / "skopeo", own_registries_conf)
+    layout = client.copy(item.reference("name", own_proxy), tmp_path / "pulled", platform=item.platform)
+    assert layout.manifest_digest == item.expected.digest
+    layout.verify_blobs()
+    assert set(layout.blobs) - set(layout.instance_manifests) == item.blobs
+    assert tag_digest(own_proxy, item.pushed) == item.pushed.digest
+
+
+@RESTARTS
+def test_podman_arm64_after_a_schema2_only_client(
+    restart: bool, images: Images, own_proxy: ProxyServer, own_registries_conf: Path, tmp_path: Path
+) -> None:
+    missing = [name for name in ("podman", "runc", "conmon") if shutil.which(name) is None]
+    if missing:
+        pytest.skip(f"not on PATH: {', '.join(missing)} (Debian packages podman, runc, conmon)")
+    item = subject(images, "list-arm64")
+    schema2_only_client_first(own_proxy, item.pushed, restart=restart)
+    reference = item.reference("name", own_proxy)
+    with Podman(tmp_path / "podman", own_registries_conf) as client:
+        image_id = client.pull(reference, platform=item.platform)
+        check_podman_image(client, reference, image_id, item)
+    assert tag_digest(own_proxy, item.pushed) == item.pushed.digest

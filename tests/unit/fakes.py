@@ -20,6 +20,7 @@ FAKE_TOKEN_REALMS = (REALM,)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def sha256(data: bytes) -> str:
@@ -32,6 +33,8 @@ class FakeRegistry:
 
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)  # (repo, ref) → (type, body)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    # digest → the repositories that have it, for blobs that only some have (any repository has the others)
+    blob_repositories: dict[str, set[str]] = field(default_factory=dict)
     tags: dict[str, list[str]] = field(default_factory=dict)
     token_lifetime: int = 300
     require_auth: bool = True
@@ -88,6 +91,9 @@ class FakeRegistry:
                 return httpx.Response(404, json=_error("MANIFEST_UNKNOWN"))
             media_type, content = found
             accept = request.headers.get("accept", "")
+            if media_type == DOCKER_LIST and DOCKER_LIST not in accept and not ref.startswith("sha256:"):
+                # Distribution's answer to a client that takes no manifest list: the list's linux/amd64 image.
+                media_type, content = self.manifests.get((repo, _amd64_entry(content)), (media_type, content))
             if media_type not in accept:
                 return httpx.Response(404, json=_error("MANIFEST_UNKNOWN"))
             headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256(content)}
@@ -96,7 +102,7 @@ class FakeRegistry:
                 return httpx.Response(200, headers=headers)
             return _streamed(200, headers, content)
         if kind == "blobs":
-            if ref not in self.blobs:
+            if ref not in self.blobs or repo not in self.blob_repositories.get(ref, {repo}):
                 return httpx.Response(404, json=_error("BLOB_UNKNOWN"))
             # Like Docker Hub: blobs live on a CDN on another host.
             return httpx.Response(307, headers={"Location": f"https://cdn.example.net/blobs/{ref}?verify=1"})
@@ -160,6 +166,13 @@ def _split(path: str) -> tuple[str, str, str]:
         return rest.removesuffix("/tags/list"), "tags", "list"
     repo, kind, ref = rest.rsplit("/", 2)
     return repo, kind, ref
+
+
+def _amd64_entry(manifest_list: bytes) -> str:
+    for entry in json.loads(manifest_list)["manifests"]:
+        if entry.get("platform", {}) == {"os": "linux", "architecture": "amd64"}:
+            return str(entry["digest"])
+    return ""
 
 
 def _error(code: str) -> dict[str, object]:

@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.unit.conftest import ClientFactory
-from tests.unit.fakes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, FakeRegistry, sha256
+from tests.unit.fakes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, FakeRegistry, sha256
 
 ALL_TYPES = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_MANIFEST}"
 
@@ -334,3 +334,124 @@ def test_junk_accept_header_is_ignored_not_forwarded(client: TestClient, fake: F
     response = client.get("/v2/library/alpine/manifests/3.20", headers={"Accept": b"\x80, a b/c, */*"})
     assert response.status_code == 200
     assert OCI_MANIFEST in fake.requests[-1].headers["accept"]
+
+
+# -- one answer per tag, whatever the Accept (issue 7, item 2) ---------------------------------------------------------
+
+EVERY_TYPE = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
+
+
+def add_docker_list(
+    fake: FakeRegistry, architectures: tuple[str, ...] = ("amd64", "arm64")
+) -> tuple[str, dict[str, str]]:
+    """``library/multi:1``, a Docker manifest list of one schema2 image per architecture: its digest, and theirs."""
+    images: dict[str, str] = {}
+    entries = []
+    for architecture in architectures:
+        config = {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": sha256(architecture.encode()),
+        }
+        body = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": {**config, "size": 5}}).encode()
+        images[architecture] = fake.add_manifest("library/multi", None, DOCKER_MANIFEST, body)
+        platform = {"os": "linux", "architecture": architecture}
+        entries.append(
+            {"mediaType": DOCKER_MANIFEST, "digest": images[architecture], "size": len(body), "platform": platform}
+        )
+    manifest_list = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": entries}).encode()
+    return fake.add_manifest("library/multi", "1", DOCKER_LIST, manifest_list), images
+
+
+def test_schema2_only_client_does_not_decide_what_later_clients_get(
+    make_client: ClientFactory, fake: FakeRegistry
+) -> None:
+    list_digest, images = add_docker_list(fake)
+    client = make_client()
+    old = client.get("/v2/library/multi/manifests/1", headers={"Accept": DOCKER_MANIFEST})
+    assert old.status_code == 200
+    assert old.headers["content-type"] == DOCKER_MANIFEST
+    assert old.headers["docker-content-digest"] == images["amd64"]
+    assert sha256(old.content) == images["amd64"]
+    # The tag was asked of the upstream with every type, whatever this client takes.
+    tag_requests = [r for r in fake.requests if r.url.path == "/v2/library/multi/manifests/1"]
+    assert tag_requests and all(DOCKER_LIST in r.headers["accept"] for r in tag_requests)
+    for proxy in (client, make_client()):  # the second one is a restart on the same cache
+        response = proxy.get("/v2/library/multi/manifests/1", headers={"Accept": EVERY_TYPE})
+        assert response.status_code == 200
+        assert response.headers["docker-content-digest"] == list_digest
+        assert response.headers["content-type"] == DOCKER_LIST
+        head = proxy.head("/v2/library/multi/manifests/1", headers={"Accept": EVERY_TYPE})
+        assert head.headers["docker-content-digest"] == list_digest
+        arm64 = proxy.get(f"/v2/library/multi/manifests/{images['arm64']}", headers={"Accept": EVERY_TYPE})
+        assert arm64.status_code == 200 and sha256(arm64.content) == images["arm64"]
+        again = proxy.get("/v2/library/multi/manifests/1", headers={"Accept": DOCKER_MANIFEST})
+        assert again.headers["docker-content-digest"] == images["amd64"]
+    assert fake.count("GET", "/v2/library/multi/manifests/1") == 1
+
+
+def test_list_without_an_amd64_image_is_unknown_to_a_client_without_list_support(
+    client: TestClient, fake: FakeRegistry
+) -> None:
+    list_digest, _ = add_docker_list(fake, ("arm64",))
+    response = client.get("/v2/library/multi/manifests/1", headers={"Accept": DOCKER_MANIFEST})
+    assert response.status_code == 404
+    assert error_code(response) == "MANIFEST_UNKNOWN"
+    full = client.get("/v2/library/multi/manifests/1", headers={"Accept": EVERY_TYPE})
+    assert full.headers["docker-content-digest"] == list_digest
+
+
+def test_amd64_image_of_a_type_the_client_does_not_take_is_unknown(client: TestClient, fake: FakeRegistry) -> None:
+    add_docker_list(fake)
+    response = client.get("/v2/library/multi/manifests/1", headers={"Accept": OCI_MANIFEST})
+    assert response.status_code == 404
+    assert error_code(response) == "MANIFEST_UNKNOWN"
+    assert response.json()["errors"][0]["detail"] == {"reference": "1"}
+
+
+def test_oci_index_is_never_rewritten(client: TestClient, fake: FakeRegistry) -> None:
+    # As Distribution: only a Docker manifest list has a stand-in for old clients; an OCI index is simply not found.
+    _, index = fake.manifests[("library/alpine", "multi")]
+    response = client.get(
+        "/v2/library/alpine/manifests/multi", headers={"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"}
+    )
+    assert response.status_code == 404
+    assert "OCI index" in response.json()["errors"][0]["message"]
+    full = client.get("/v2/library/alpine/manifests/multi", headers={"Accept": EVERY_TYPE})
+    assert full.headers["docker-content-digest"] == sha256(index)
+
+
+def test_revalidation_asks_for_every_type(make_client: ClientFactory, fake: FakeRegistry) -> None:
+    list_digest, images = add_docker_list(fake)
+    client = make_client(tag_ttl=0)
+    for _ in range(2):
+        response = client.get("/v2/library/multi/manifests/1", headers={"Accept": DOCKER_MANIFEST})
+        assert response.headers["docker-content-digest"] == images["amd64"]
+    heads = [r for r in fake.requests if r.method == "HEAD" and r.url.path == "/v2/library/multi/manifests/1"]
+    assert len(heads) == 1 and DOCKER_LIST in heads[0].headers["accept"]
+    assert fake.count("GET", "/v2/library/multi/manifests/1") == 1
+    full = client.get("/v2/library/multi/manifests/1", headers={"Accept": EVERY_TYPE})
+    assert full.headers["docker-content-digest"] == list_digest
+
+
+def test_stale_list_stands_in_for_a_client_without_list_support(make_client: ClientFactory, fake: FakeRegistry) -> None:
+    _, images = add_docker_list(fake)
+    client = make_client(tag_ttl=0)
+    assert client.get("/v2/library/multi/manifests/1", headers={"Accept": DOCKER_MANIFEST}).status_code == 200
+    fake.fail = 503
+    response = client.get("/v2/library/multi/manifests/1", headers={"Accept": DOCKER_MANIFEST})
+    assert response.status_code == 200
+    assert response.headers["docker-content-digest"] == images["amd64"]
+    assert response.headers["warning"] == '110 - "Response is Stale"'
+
+
+def test_relay_of_an_open_ended_range_is_verified(make_client: ClientFactory, fake: FakeRegistry, tmp_path) -> None:
+    (tmp_path / "cache").write_text("a file where the cache root should be: every blob is relayed")
+    client = make_client()
+    data = b"layer-bytes" * 1000
+    response = client.get(f"/v2/library/alpine/blobs/{sha256(data)}", headers={"Range": "bytes=1000-"})
+    assert response.status_code == 206
+    assert response.content == data[1000:]
+    fake.corrupt_blobs = True  # byte 0, which this client does not ask for, is wrong: so is the blob
+    response = client.get(f"/v2/library/alpine/blobs/{sha256(data)}", headers={"Range": "bytes=1000-"})
+    assert response.status_code == 206
+    assert len(response.content) < len(data) - 1000  # cut before its end: never a complete-looking body

@@ -205,3 +205,135 @@ async def test_disk_full_during_a_fill_still_serves_the_blob(
         assert response.content == BLOB
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+# -- upstream work is keyed by what it asks the upstream (issue 7, item 4) ---------------------------------------------
+
+
+class HoldRepository:
+    """Wraps a FakeRegistry: answers for ``held`` wait until a blob request under another repository reached the
+    upstream (at most ``bound`` seconds, so that a request that never comes does not hang the test)."""
+
+    def __init__(self, fake: FakeRegistry, held: str, bound: float = 2.0) -> None:
+        self.fake = fake
+        self.held = f"/v2/{held}/"
+        self.bound = bound
+        self.held_arrived = asyncio.Event()
+        self.other_arrived = asyncio.Event()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith(self.held):
+            self.held_arrived.set()
+            try:
+                await asyncio.wait_for(self.other_arrived.wait(), self.bound)
+            except TimeoutError:
+                pass
+        elif "/blobs/" in path:
+            self.other_arrived.set()
+        return self.fake(request)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_request_under_a_name_without_the_blob_does_not_fail_one_under_a_name_with_it(
+    tmp_path: Path, fake: FakeRegistry, method: str
+) -> None:
+    digest = sha256(BLOB)
+    fake.blob_repositories[digest] = {"library/app"}
+    upstream = HoldRepository(fake, "library/wrong")
+    async with running(make_app(tmp_path, upstream)) as client:
+        wrong = asyncio.create_task(client.request(method, f"/v2/library/wrong/blobs/{digest}"))
+        # The request under the wrong name is at the upstream (its fill or HEAD under way) before the right one starts.
+        await asyncio.wait_for(upstream.held_arrived.wait(), timeout=10)
+        right = await asyncio.wait_for(client.request(method, f"/v2/library/app/blobs/{digest}"), timeout=30)
+        refused = await asyncio.wait_for(wrong, timeout=30)
+    assert right.status_code == 200
+    assert right.headers["content-length"] == str(len(BLOB))
+    assert right.content == (BLOB if method == "GET" else b"")
+    assert refused.status_code == 404
+    if method == "GET":
+        assert envelope_code(refused) == "BLOB_UNKNOWN"
+
+
+async def test_concurrent_fills_of_one_digest_under_two_names_both_commit(tmp_path: Path, fake: FakeRegistry) -> None:
+    digest = sha256(BLOB)
+    gate = Gate()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        requests = [
+            asyncio.create_task(client.get(f"/v2/{name}/blobs/{digest}")) for name in ("library/app", "library/other")
+        ]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+        assert all(r.status_code == 200 and r.content == BLOB for r in responses)
+        # Committed bytes are shared by digest: a third name is a hit.
+        assert (await client.get(f"/v2/library/third/blobs/{digest}")).content == BLOB
+    assert fake.count("GET", "cdn/") == 2
+    blob_dir = tmp_path / "cache" / "blobs" / "sha256" / digest[7:9]
+    assert [p.name for p in blob_dir.iterdir()] == [digest.removeprefix("sha256:")]  # no partial file left
+    assert (blob_dir / digest.removeprefix("sha256:")).read_bytes() == BLOB
+
+
+# -- a range short of the blob's end is answered only from verified bytes (issue 7, item 7) ----------------------------
+
+
+def unusable_root(tmp_path: Path) -> Path:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the cache root cannot live under a file")
+    return not_a_dir / "cache"
+
+
+async def test_range_short_of_the_end_on_a_corrupt_miss_is_an_error_not_bytes(
+    tmp_path: Path, fake: FakeRegistry
+) -> None:
+    fake.corrupt_blobs = True  # the upstream flips the first byte
+    async with running(make_app(tmp_path, fake)) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
+        assert response.status_code == 502
+        assert envelope_code(response) == "UPSTREAM_ERROR"
+        fake.corrupt_blobs = False
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
+        assert response.status_code == 206
+        assert response.content == BLOB[:100]
+
+
+async def test_range_short_of_the_end_waits_for_the_commit(tmp_path: Path, fake: FakeRegistry) -> None:
+    gate = Gate()
+    gate.open.set()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=5-104"})
+        assert response.status_code == 206
+        assert response.content == BLOB[5:105]
+        assert response.headers["content-range"] == f"bytes 5-104/{len(BLOB)}"
+        # Answered from the committed blob: it is in the cache already, with no partial file beside it.
+        cached = [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
+        assert [p.name for p in cached] == [sha256(BLOB).removeprefix("sha256:")]
+
+
+async def test_relay_answers_a_range_short_of_the_end_with_the_whole_verified_blob(
+    tmp_path: Path, fake: FakeRegistry
+) -> None:
+    async with running(make_app(tmp_path, fake, root=unusable_root(tmp_path))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=10-19"})
+    assert response.status_code == 200
+    assert "content-range" not in response.headers
+    assert response.content == BLOB
+
+
+async def test_disk_full_during_a_fill_answers_a_short_range_with_the_whole_blob(
+    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = FilesystemBlobWriter._write_and_hash
+
+    def full_after_256k(self: FilesystemBlobWriter, data: bytes) -> None:
+        if self.written + len(data) > 256 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, data)
+
+    monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", full_after_256k)
+    gate = Gate()
+    gate.open.set()
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
+        response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
+    assert response.status_code == 200
+    assert response.content == BLOB
