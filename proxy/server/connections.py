@@ -9,8 +9,8 @@ Why each one:
   request's first byte arrives; otherwise the connection is closed (with 408 when it had started a request).
 - httptools accumulates a header line in memory until it ends, and uvicorn checks no size at all: two
   clients sending 300 MB header lines took RSS to 2.4 GB. Here the bytes received while a header section
-  is incomplete are counted as they arrive, and past ``max_header_bytes`` the request gets 431 and the
-  connection is closed. What is held is bounded by the cap plus one read.
+  is incomplete are counted as they arrive, and past ``max_header_bytes`` the request gets 431 (414 when
+  the URI is what is too long) and the connection is closed. What is held is bounded by the cap plus one read.
 - Past ``max_connections`` open connections, a new one gets 503 with ``Retry-After`` and is closed at
   once, instead of the accept loop failing with EMFILE and every new client getting an empty reply.
 
@@ -77,6 +77,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         _header_timer: asyncio.TimerHandle | None = None
         _header_bytes = 0
         _started_request = False
+        _in_request_line = True
         _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:
@@ -98,11 +99,19 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
                 return  # lingering: dropped unread
             if self._header_timer is not None:
                 # Counted before the parser sees it, so a header line that never ends is never held whole.
+                before = self._header_bytes
                 self._header_bytes += len(data)
                 self._started_request = True
+                line_end = data.find(b"\n")
                 if self._header_bytes > limits.max_header_bytes:
-                    self._refuse(431, "HEADERS_TOO_LARGE", "request header fields too large")
+                    # The request line alone is past the cap: the URI is what is too long.
+                    if self._in_request_line and (line_end < 0 or before + line_end >= limits.max_header_bytes):
+                        self._refuse(414, "URI_TOO_LONG", "request URI too long")
+                    else:
+                        self._refuse(431, "HEADERS_TOO_LARGE", "request header fields too large")
                     return
+                if line_end >= 0:
+                    self._in_request_line = False
             super().data_received(data)
 
         def on_message_begin(self) -> None:
@@ -118,6 +127,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def _arm(self) -> None:
             self._header_bytes = 0
             self._started_request = False
+            # Approximate for a keep-alive request armed mid-read (its line end may be in the read that began it).
+            self._in_request_line = True
             self._header_timer = self.loop.call_later(limits.header_timeout, self._header_timed_out)
 
         def _disarm(self) -> None:
@@ -156,4 +167,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
     return GuardedHttpToolsProtocol
 
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+_REASONS = {
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}

@@ -92,6 +92,17 @@ def test_a_header_flood_is_cut_at_the_cap_with_431(loop_kind: str) -> None:
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_uri_longer_than_the_cap_is_414(loop_kind: str) -> None:
+    with guarded(loop_kind) as port, connect(port) as sock:
+        try:
+            sock.sendall(b"GET /v2/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        except ConnectionError:
+            pass
+        received, closed = read_for(sock, 5)
+        assert closed and status_and_error(received) == (414, "URI_TOO_LONG")
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_connections_past_the_cap_get_503_and_the_rest_keep_working(loop_kind: str) -> None:
     with guarded(loop_kind, max_connections=5, header_timeout=30) as port, ExitStack() as stack:
         held = [stack.enter_context(connect(port)) for _ in range(5)]
