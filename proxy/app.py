@@ -28,6 +28,7 @@ from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.catalog import CatalogService
 from proxy.pullthrough.manifests import ManifestService
+from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.referrers import ReferrersService
 from proxy.pullthrough.tags import TagService
 from proxy.responses import error_response
@@ -66,13 +67,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             for upstream in settings.upstreams:
                 remote = _upstream_registry(upstream, transport)
                 stack.push_async_callback(remote.aclose)
-                origins.append(Origin(upstream.registry, remote, upstream.tag_ttl))
+                origins.append(Origin(upstream.registry, remote, upstream.tag_ttl, upstream.negative_ttl))
             index = FilesystemIndex(root)
             router = Router(origins)
+            # One bounded table of the upstreams' recent 404s, for blobs and manifests alike.
+            negative = NegativeCache()
             services = Services(
                 router=router,
-                blobs=BlobService(blobs),
-                manifests=ManifestService(blobs, index),
+                blobs=BlobService(blobs, negative),
+                manifests=ManifestService(blobs, index, negative=negative),
                 tags=TagService(index),
                 referrers=ReferrersService(blobs, index),
                 catalog=CatalogService(index, router.default_registry),

@@ -52,6 +52,8 @@ class UpstreamSettings:
     registry: str = DOCKER_HUB
     url: str = "https://registry-1.docker.io"
     tag_ttl: float = 300.0
+    # The upstream's 404s are remembered this long (capped at tag_ttl), so a looping job cannot flood it.
+    negative_ttl: float = 5.0
     username: str | None = None
     # The secret itself, resolved from password_env / password_file at load time; never from the file.
     password: str | None = field(default=None, repr=False)
@@ -208,7 +210,7 @@ class _Reader:
     def _upstream(self, entry: Any, index: int) -> UpstreamSettings:
         prefix = f"upstreams[{index}]"
         allowed = {
-            "registry", "url", "tag_ttl", "username", "password_env", "password_file",
+            "registry", "url", "tag_ttl", "negative_ttl", "username", "password_env", "password_file",
             "connect_timeout", "read_timeout", "redirect_hosts", "token_realms",
         }  # fmt: skip
         table = self._table({prefix: entry}, prefix, allowed)
@@ -231,6 +233,7 @@ class _Reader:
             registry=registry,
             url=url.rstrip("/"),
             tag_ttl=self._duration(table, prefix, "tag_ttl", defaults.tag_ttl),
+            negative_ttl=self._duration(table, prefix, "negative_ttl", defaults.negative_ttl),
             username=username,
             password=password,
             connect_timeout=self._duration(table, prefix, "connect_timeout", defaults.connect_timeout),

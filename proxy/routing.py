@@ -32,6 +32,12 @@ class Origin:
     registry: str
     remote: UpstreamRegistry
     tag_ttl: float
+    # How long the upstream's "no such blob, manifest or repository" is believed; never longer than a tag answer.
+    negative_ttl: float = 5.0
+
+    @property
+    def not_found_ttl(self) -> float:
+        return min(self.negative_ttl, self.tag_ttl)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
 from proxy.pullthrough.fill import BlobFill
+from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.relay import RelayedBlob
 from proxy.pullthrough.segments import Chunk, chunk_size, next_chunk
 from proxy.pullthrough.singleflight import SingleFlight
@@ -63,8 +64,10 @@ UpstreamKey = tuple[str, str, Digest]
 
 
 class BlobService:
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, negative: NegativeCache | None = None) -> None:
         self._store = store
+        # The upstream's recent "no such blob" answers: a request that would ask again is answered from here.
+        self._negative = negative or NegativeCache()
         # Fills in progress: every request for a blob being downloaded under the same name reads the same fill.
         # Only committed bytes are shared across repositories (the cache is keyed by digest alone).
         self._fills: dict[UpstreamKey, BlobFill] = {}
@@ -82,8 +85,13 @@ class BlobService:
                     return size
             except (RegistryError, StorageError):
                 pass  # the fill's own trouble; a HEAD of our own decides
+        self._negative.check(("blob", *key))
         # Concurrent HEADs of one uncached blob share one upstream HEAD, and a HEAD never downloads.
-        return await self._heads.do(key, lambda: self._head(origin, repository, digest))
+        try:
+            return await self._heads.do(key, lambda: self._head(origin, repository, digest))
+        except RegistryError as exc:
+            self._negative.remember(("blob", *key), exc, origin.not_found_ttl)
+            raise
 
     async def _head(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await origin.remote.head_blob(repository, digest)
@@ -102,6 +110,7 @@ class BlobService:
         key = (origin.registry, repository, digest)
         fill = self._fills.get(key)
         if fill is None:
+            self._negative.check(("blob", *key))
             # Fills of one digest under two names may run at once: each writes a partial file of its own, and
             # committing identical content twice is an atomic replace.
             fill = BlobFill(digest, self._store, download, lambda done: self._forget(key, done))
@@ -109,6 +118,9 @@ class BlobService:
             fill.start()
         try:
             await fill.ready()
+        except RegistryError as exc:
+            self._negative.remember(("blob", *key), exc, origin.not_found_ttl)
+            raise
         except StorageError:
             # Logged by the fill. The cache cannot take it, but the client still gets its blob.
             return RelayedBlob(await download(0), digest)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from proxy.errors import RegistryError
 from proxy.media_types import DOCKER_MANIFEST_LIST, Accept
+from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.negotiation import default_image, not_accepted
 from proxy.pullthrough.singleflight import SingleFlight
 from proxy.routing import Origin
@@ -28,6 +30,8 @@ __all__ = ["Manifest", "ManifestService"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -38,10 +42,18 @@ class Manifest:
 
 
 class ManifestService:
-    def __init__(self, blobs: BlobStore, index: RepositoryIndex, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        index: RepositoryIndex,
+        clock: Callable[[], float] = time.time,
+        negative: NegativeCache | None = None,
+    ) -> None:
         self._blobs = blobs
         self._index = index
         self._clock = clock
+        # The upstream's recent "no such manifest" answers, by (registry, repository, tag or digest).
+        self._negative = negative or NegativeCache()
         # Concurrent pulls of one tag or digest share one lookup and at most one upstream round trip.
         self._flights: SingleFlight[Manifest] = SingleFlight()
 
@@ -77,7 +89,7 @@ class ManifestService:
         if cached is None:
             # The digest fixes the content, so ask for every type; whether this client accepts it is
             # checked per caller (callers with different Accept headers share this fetch).
-            fetched = await origin.remote.get_manifest(repository, str(digest), Accept.every_type())
+            fetched = await self._ask(origin, repository, digest, origin.remote.get_manifest)
             if fetched.digest != digest:
                 raise RegistryError.bad_gateway(f"upstream {origin.registry} sent a manifest other than {digest}")
             cached = await self._remember(origin, repository, fetched)
@@ -97,18 +109,33 @@ class ManifestService:
             log.warning("serving stale %s/%s:%s (upstream: %s)", origin.registry, repository, tag, exc.message)
             return replace(cached, stale=True)
 
+    async def _ask(
+        self,
+        origin: Origin,
+        repository: str,
+        reference: str | Digest,
+        call: Callable[[str, str, Accept], Awaitable[T]],
+    ) -> T:
+        """``call`` upstream for the reference with every manifest type, unless it recently said there is none."""
+        key = ("manifest", origin.registry, repository, reference)
+        self._negative.check(key)
+        try:
+            return await call(repository, str(reference), Accept.every_type())
+        except RegistryError as exc:
+            self._negative.remember(key, exc, origin.not_found_ttl)
+            raise
+
     async def _refresh_tag(self, origin: Origin, repository: str, tag: str, cached: Manifest | None) -> Manifest:
-        every_type = Accept.every_type()
         if cached is not None:
             # One HEAD (which Docker Hub does not count as a pull) tells whether the tag still points there.
-            head = await origin.remote.head_manifest(repository, tag, every_type)
+            head = await self._ask(origin, repository, tag, origin.remote.head_manifest)
             if head.digest == cached.digest:
                 await self._remember_tag(origin, repository, tag, cached)
                 return cached
             if head.digest is not None and (moved := await self._cached(origin, repository, head.digest)):
                 await self._remember_tag(origin, repository, tag, moved)
                 return moved
-        fetched = await origin.remote.get_manifest(repository, tag, every_type)
+        fetched = await self._ask(origin, repository, tag, origin.remote.get_manifest)
         manifest = await self._remember(origin, repository, fetched)
         await self._remember_tag(origin, repository, tag, manifest)
         return manifest
