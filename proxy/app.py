@@ -5,16 +5,25 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 from starlette.applications import Starlette
+from starlette.authentication import AuthenticationError
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy import __version__
+from proxy.auth.access import AccessControl
+from proxy.auth.backend import AuthFailed, ClientAuthBackend
+from proxy.auth.challenge import TOKEN_PATH
+from proxy.auth.passwords import Htpasswd
+from proxy.auth.rules import ANONYMOUS, AUTHENTICATED, AccessPolicy, AccessRule
+from proxy.auth.tokens import TokenService, load_or_create_key
 from proxy.config import Settings, UpstreamSettings
 from proxy.endpoints.base import api_base
 from proxy.endpoints.blobs import get_blob
@@ -23,6 +32,7 @@ from proxy.endpoints.fallback import not_found_or_unsupported
 from proxy.endpoints.manifests import get_manifest
 from proxy.endpoints.referrers import list_referrers
 from proxy.endpoints.tags import list_tags
+from proxy.endpoints.token import issue_token
 from proxy.errors import RegistryError
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.pullthrough.blobs import BlobService
@@ -49,6 +59,7 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The ASGI app. ``transport`` replaces the network for every upstream request (tests)."""
+    client_auth = _client_auth(settings) if settings.auth.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -79,6 +90,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 tags=TagService(index),
                 referrers=ReferrersService(blobs, index),
                 catalog=CatalogService(index, router.default_registry),
+                access=client_auth.access if client_auth else None,
+                tokens=client_auth.tokens if client_auth else None,
             )
             log.info("cache at %s; upstreams: %s", root, ", ".join(f"{o.registry}" for o in origins))
             yield {"services": services}
@@ -91,10 +104,20 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         Route("/v2/{name:path}/tags/list", list_tags, methods=["GET"]),
         Route("/v2/{name:path}/referrers/{digest}", list_referrers, methods=["GET"]),
         Route("/v2/{path:path}", not_found_or_unsupported, methods=_ALL_METHODS),
+        Route(TOKEN_PATH, issue_token, methods=["GET"]),
     ]
+    middleware = [Middleware(ApiVersionHeaderMiddleware), Middleware(RequestLimitsMiddleware)]
+    if client_auth is not None:
+        access = client_auth.access
+
+        def login_failed(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+            error = exc.error if isinstance(exc, AuthFailed) else RegistryError.unauthorized("invalid credentials")
+            return error_response(access.login_error(conn, error), head=conn.scope.get("method") == "HEAD")
+
+        middleware.append(Middleware(AuthenticationMiddleware, backend=client_auth.backend, on_error=login_failed))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ApiVersionHeaderMiddleware), Middleware(RequestLimitsMiddleware)],
+        middleware=middleware,
         exception_handlers={
             RegistryError: _registry_error,
             HTTPException: _http_error,
@@ -105,6 +128,36 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     # "/v2/x/blobs/uploads/" must reach the fallback (405), not be redirected to a path without the slash.
     app.router.redirect_slashes = False
     return app
+
+
+@dataclass(frozen=True)
+class _ClientAuth:
+    backend: ClientAuthBackend
+    access: AccessControl
+    tokens: TokenService
+
+
+def _client_auth(settings: Settings) -> _ClientAuth:
+    auth = settings.auth
+    key_file = auth.token_key_file or settings.storage.root.resolve() / ".auth" / "token.key"
+    tokens = TokenService(load_or_create_key(key_file), auth.service, auth.token_lifetime)
+    members: dict[str, set[str]] = {}
+    for group, users in auth.groups:
+        for user in users:
+            members.setdefault(user, set()).add(group)
+    backend = ClientAuthBackend(
+        tokens,
+        htpasswd=Htpasswd(auth.htpasswd) if auth.htpasswd is not None else None,
+        static_tokens={token.name: token.token for token in auth.tokens},
+        groups={user: frozenset(groups) for user, groups in members.items()},
+    )
+    rules = [
+        AccessRule(rule.registry, rule.repository, rule.pull if isinstance(rule.pull, str) else frozenset(rule.pull))
+        for rule in settings.access
+    ]
+    # Public content stays public; what the proxy's own upstream credentials can see needs a login.
+    defaults = {u.registry: AUTHENTICATED if u.username else ANONYMOUS for u in settings.upstreams}
+    return _ClientAuth(backend, AccessControl(AccessPolicy(rules, defaults), auth.service), tokens)
 
 
 def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:

@@ -16,7 +16,18 @@ from urllib.parse import urlsplit
 
 from storage.references import is_registry
 
-__all__ = ["ConfigError", "ServerSettings", "Settings", "StorageSettings", "UpstreamSettings", "load", "parse_duration"]
+__all__ = [
+    "AccessSettings",
+    "AuthSettings",
+    "ConfigError",
+    "ServerSettings",
+    "Settings",
+    "StaticToken",
+    "StorageSettings",
+    "UpstreamSettings",
+    "load",
+    "parse_duration",
+]
 
 DOCKER_HUB = "docker.io"
 
@@ -38,6 +49,9 @@ class ServerSettings:
     max_header_bytes: int = 64 * 1024
     # None: sized from the open-files limit at start-up.
     max_connections: int | None = None
+    # Serve HTTPS with this certificate chain and key (PEM); re-read on SIGHUP and when the files change.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -73,10 +87,43 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class StaticToken:
+    name: str  # who presents it
+    # The secret itself, read from its file at load time; never from the config file.
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Client authentication; on when an htpasswd file or static tokens are configured."""
+
+    htpasswd: Path | None = None
+    tokens: tuple[StaticToken, ...] = ()
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (group, members)
+    # The key signing the proxy's own tokens; default: a file under the cache root, created on first start.
+    token_key_file: Path | None = None
+    token_lifetime: float = 300.0
+    service: str = "registry-proxy"
+
+    @property
+    def enabled(self) -> bool:
+        return self.htpasswd is not None or bool(self.tokens)
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    registry: str  # a configured upstream's registry name, or "*"
+    repository: str  # glob over repository names
+    pull: str | tuple[str, ...]  # "anonymous", "authenticated", or user names and "group:<name>"
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     upstreams: tuple[UpstreamSettings, ...] = (UpstreamSettings(),)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    access: tuple[AccessSettings, ...] = ()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
@@ -156,13 +203,19 @@ class _Reader:
 
     def settings(self, raw: dict[str, Any]) -> Settings:
         for name in raw:
-            if name not in ("server", "storage", "upstreams"):
-                raise self._fail(name, "unknown key (allowed: server, storage, upstreams)")
+            if name not in ("server", "storage", "upstreams", "auth", "access"):
+                raise self._fail(name, "unknown key (allowed: server, storage, upstreams, auth, access)")
         server = self._table(
             raw,
             "server",
-            {"host", "port", "header_timeout", "keep_alive", "send_timeout", "max_header_bytes", "max_connections"},
-        )
+            {
+                "host", "port", "header_timeout", "keep_alive", "send_timeout", "max_header_bytes", "max_connections",
+                "tls_cert", "tls_key",
+            },
+        )  # fmt: skip
+        tls = {name: self._get(server, "server", name, str, None) for name in ("tls_cert", "tls_key")}
+        if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+            raise self._fail("server.tls_cert", "set tls_cert and tls_key together")
         port = self._get(server, "server", "port", int, ServerSettings.port)
         if not 0 < port < 65536:
             raise self._fail("server.port", f"must be between 1 and 65535, got {port}")
@@ -198,6 +251,8 @@ class _Reader:
                 port=port,
                 max_header_bytes=max_header_bytes,
                 max_connections=max_connections,
+                tls_cert=Path(tls["tls_cert"]) if tls["tls_cert"] else None,
+                tls_key=Path(tls["tls_key"]) if tls["tls_key"] else None,
                 **timeouts,
             ),
             storage=StorageSettings(
@@ -205,7 +260,83 @@ class _Reader:
                 required=self._get(storage, "storage", "required", bool, StorageSettings.required),
             ),
             upstreams=upstreams,
+            auth=(auth := self._auth(raw)),
+            access=self._access(raw, auth, {u.registry for u in upstreams}),
         )
+
+    def _auth(self, raw: dict[str, Any]) -> AuthSettings:
+        table = self._table(
+            raw, "auth", {"htpasswd", "tokens", "groups", "token_key_file", "token_lifetime", "service"}
+        )
+        # The htpasswd file itself is checked when the server starts (proxy.server.runner), where bcrypt is at hand.
+        htpasswd = self._get(table, "auth", "htpasswd", str, None)
+        tokens_raw = table.get("tokens", [])
+        if not isinstance(tokens_raw, list):
+            raise self._fail("auth.tokens", "expected [[auth.tokens]] tables")
+        tokens = []
+        for i, entry in enumerate(tokens_raw):
+            prefix = f"auth.tokens[{i}]"
+            entry = self._table({prefix: entry}, prefix, {"name", "file"})
+            name, file = self._get(entry, prefix, "name", str, None), self._get(entry, prefix, "file", str, None)
+            if not name or not file:
+                raise self._fail(prefix, "needs a name and a file (the token itself never goes in this file)")
+            try:
+                value = Path(file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise self._fail(f"{prefix}.file", f"cannot read {file}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise self._fail(f"{prefix}.file", f"{file} is not UTF-8 text") from None
+            if len(value) < 16:
+                raise self._fail(f"{prefix}.file", f"{file} holds fewer than 16 characters: too easy to guess")
+            tokens.append(StaticToken(name, value))
+        groups_raw = self._table(
+            table, "groups", set(table.get("groups", {}) if isinstance(table.get("groups"), dict) else ())
+        )
+        groups = []
+        for group, members in groups_raw.items():
+            if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+                raise self._fail(f"auth.groups.{group}", "expected a list of user names")
+            groups.append((group, tuple(members)))
+        key_file = self._get(table, "auth", "token_key_file", str, None)
+        lifetime = self._duration(table, "auth", "token_lifetime", AuthSettings.token_lifetime)
+        if not 60 <= lifetime <= 86400:
+            raise self._fail("auth.token_lifetime", "must be between 1 minute and 1 day")
+        return AuthSettings(
+            htpasswd=Path(htpasswd) if htpasswd else None,
+            tokens=tuple(tokens),
+            groups=tuple(groups),
+            token_key_file=Path(key_file) if key_file else None,
+            token_lifetime=lifetime,
+            service=self._get(table, "auth", "service", str, AuthSettings.service),
+        )
+
+    def _access(self, raw: dict[str, Any], auth: AuthSettings, registries: set[str]) -> tuple[AccessSettings, ...]:
+        entries = raw.get("access", [])
+        if not isinstance(entries, list):
+            raise self._fail("access", "expected [[access]] tables")
+        groups = {group for group, _ in auth.groups}
+        rules = []
+        for i, entry in enumerate(entries):
+            prefix = f"access[{i}]"
+            table = self._table({prefix: entry}, prefix, {"registry", "repository", "pull"})
+            registry = self._get(table, prefix, "registry", str, "*").lower()
+            if registry != "*" and registry not in registries:
+                raise self._fail(f"{prefix}.registry", f'{registry!r} is not a configured upstream (or "*")')
+            repository = self._get(table, prefix, "repository", str, "*")
+            pull = table.get("pull")
+            if pull in ("anonymous", "authenticated"):
+                pass
+            elif isinstance(pull, list) and pull and all(isinstance(p, str) and p for p in pull):
+                unknown = [p for p in pull if p.startswith("group:") and p[6:] not in groups]
+                if unknown:
+                    raise self._fail(f"{prefix}.pull", f"unknown group {unknown[0][6:]!r} (define it in [auth.groups])")
+                pull = tuple(pull)
+            else:
+                raise self._fail(f"{prefix}.pull", 'expected "anonymous", "authenticated" or a list of users/"group:x"')
+            if pull != "anonymous" and not auth.enabled:
+                raise self._fail(f"{prefix}.pull", "needs client authentication: configure [auth] htpasswd or tokens")
+            rules.append(AccessSettings(registry, repository, pull))
+        return tuple(rules)
 
     def _upstream(self, entry: Any, index: int) -> UpstreamSettings:
         prefix = f"upstreams[{index}]"

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from proxy.auth.access import AccessControl
+from proxy.auth.tokens import TokenService
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.catalog import CatalogService
 from proxy.pullthrough.manifests import ManifestService
@@ -24,6 +26,9 @@ class Services:
     tags: TagService
     referrers: ReferrersService
     catalog: CatalogService
+    # Client authentication and access rules; None when the config has no [auth] (everyone may pull everything).
+    access: AccessControl | None = None
+    tokens: TokenService | None = None
 
 
 def services(request: Request) -> Services:

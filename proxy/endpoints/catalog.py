@@ -14,6 +14,10 @@ __all__ = ["catalog"]
 
 async def catalog(request: Request) -> Response:
     n, last = page_params(request)
-    names, next_last = paginate(await services(request).catalog.names(), n, last)
+    svc = services(request)
+    access = svc.access
+    # With client authentication on, a client sees only the repositories it may pull.
+    visible = (lambda registry, repository: access.allows(request, registry, repository)) if access else None
+    names, next_last = paginate(await svc.catalog.names(visible), n, last)
     headers = {"Link": next_link("/v2/_catalog", n, next_last)} if next_last else {}
     return Response(json.dumps({"repositories": names}).encode(), 200, headers, media_type="application/json")

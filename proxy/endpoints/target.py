@@ -12,7 +12,12 @@ __all__ = ["echo_namespace", "target"]
 
 
 def target(request: Request) -> Target:
-    return services(request).router.resolve(request.path_params["name"], request.query_params.get("ns"))
+    """The upstream and repository a request is for, once the client is known to be allowed to pull from it."""
+    svc = services(request)
+    found = svc.router.resolve(request.path_params["name"], request.query_params.get("ns"))
+    if svc.access is not None:
+        svc.access.check(request, found.origin.registry, found.repository, found.name)
+    return found
 
 
 def echo_namespace(response: Response, target: Target) -> Response:

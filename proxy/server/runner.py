@@ -1,6 +1,7 @@
 """Running the app under uvicorn: the listening socket, the zero-copy self-check, and start-up failures.
 
-Start-up refusals (a config that cannot work, an address that cannot be listened on, an unusable cache root)
+Start-up refusals (a config that cannot work, an address that cannot be listened on, an unusable cache root,
+an htpasswd file or TLS certificate that cannot be used)
 are one line on stderr naming the key, and exit status 2, never a traceback; see ``EXIT_*``.
 """
 
@@ -14,8 +15,10 @@ from typing import Any
 import uvicorn
 
 from proxy.app import create_app
+from proxy.auth.passwords import HtpasswdError, load_htpasswd
 from proxy.config import Settings
 from proxy.server.connections import ConnectionLimits, auto_max_connections, guarded_protocol, raise_descriptor_limit
+from proxy.server.tls import TlsReloader, check_tls_files
 from proxy.server.uvicorn_internals import unsupported
 from proxy.server.zerocopy import ZeroCopyMiddleware
 from storage.preflight import check_root
@@ -36,6 +39,8 @@ class StartupRefused(Exception):
 def serve(settings: Settings, log_level: str) -> int:
     try:
         _check_storage(settings)
+        _check_auth(settings)
+        _check_tls(settings)
         listener = _listen(settings)
     except StartupRefused as exc:
         print(f"registry-proxy: {exc}", file=sys.stderr)
@@ -48,19 +53,27 @@ def serve(settings: Settings, log_level: str) -> int:
         max_connections=server_settings.max_connections or auto_max_connections(descriptors),
     )
     app: Any = create_app(settings)
+    cert, key = server_settings.tls_cert, server_settings.tls_key
+    tls = (cert, key) if cert is not None and key is not None else None
     http: Any = "httptools"
     limit_concurrency = None
     reason = unsupported()
     if reason is None:
-        app = ZeroCopyMiddleware(app, stall_timeout=server_settings.send_timeout)
+        if tls is None:  # sendfile beneath TLS would send plaintext; the scheme check inside is a second guard
+            app = ZeroCopyMiddleware(app, stall_timeout=server_settings.send_timeout)
         http = guarded_protocol(limits)
     else:
         # Plain uvicorn: no zero-copy sends, no header deadline or cap; its own connection limit (a bare 503).
         log.warning("running on plain uvicorn, without zero-copy sends or header limits: %s", reason)
         limit_concurrency = limits.max_connections
     log.info("accepting up to %d connections (open-files limit %d)", limits.max_connections, descriptors)
+    config: uvicorn.Config | None = None
+    if tls is not None:
+        app = TlsReloader(app, tls[0], tls[1], lambda: config.ssl if config is not None else None)
     config = uvicorn.Config(
         app,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
         loop="uvloop",
         http=http,
         timeout_keep_alive=int(server_settings.keep_alive) or 1,
@@ -84,6 +97,21 @@ def _listen(settings: Settings) -> socket.socket:
         raise StartupRefused(f"server.host: cannot resolve {host!r}: {exc.strerror}") from None
     except OSError as exc:
         raise StartupRefused(f"server.host/server.port: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _check_auth(settings: Settings) -> None:
+    htpasswd = settings.auth.htpasswd
+    if htpasswd is not None:
+        try:
+            load_htpasswd(htpasswd)
+        except HtpasswdError as exc:
+            raise StartupRefused(f"auth.htpasswd: {exc}") from None
+
+
+def _check_tls(settings: Settings) -> None:
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if cert is not None and key is not None and (problem := check_tls_files(cert, key)):
+        raise StartupRefused(f"server.tls_cert/server.tls_key: {problem}")
 
 
 def _check_storage(settings: Settings) -> None:

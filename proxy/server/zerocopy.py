@@ -50,7 +50,8 @@ class ZeroCopyMiddleware:
         self._cycle_send: Any = getattr(cycle_class(), "send", None)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self._cycle_send is not None:
+        # Never over TLS: sendfile writes to the TCP socket beneath the TLS layer, so it would send plaintext.
+        if scope["type"] == "http" and scope.get("scheme") == "http" and self._cycle_send is not None:
             if getattr(send, "__func__", None) is self._cycle_send:
                 scope.setdefault("extensions", {})[ZEROCOPY_SEND] = {}
                 send = _ZeroCopySend(send.__self__, send, self._stall_timeout)
@@ -81,7 +82,7 @@ class _ZeroCopySend:
             self._drop(cycle, transport)
             return
         sock = transport.get_extra_info("socket")
-        if sock is None or transport.is_closing():
+        if sock is None or transport.get_extra_info("ssl_object") is not None or transport.is_closing():
             self._drop(cycle, transport)
             return
         # Our own descriptor for the connection: see the module docstring. No await between the check above

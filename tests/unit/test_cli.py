@@ -163,3 +163,25 @@ def test_an_unusable_cache_root_may_be_allowed_explicitly(tmp_path: Path) -> Non
         process.terminate()
         process.wait(timeout=15)
     assert "relaying every pull uncached" in log.read_text()
+
+
+def test_a_bad_htpasswd_file_refuses_to_start(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:$apr1$weak$md5hash\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\nroot = "{tmp_path / "cache"}"\n[auth]\nhtpasswd = "{htpasswd}"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "auth.htpasswd" in line and "bcrypt" in line and "md5hash" not in line
+
+
+def test_unusable_tls_files_refuse_to_start(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n[storage]\nroot = "{tmp_path / "cache"}"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "server.tls_cert/server.tls_key" in one_line(result)

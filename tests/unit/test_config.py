@@ -73,6 +73,13 @@ password_file = "{secret}"
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
         ('[storage]\nrequired = "yes"\n', "storage.required: expected bool"),
         ('[storage]\nroot = ""\n', "storage.root"),
+        ('[server]\ntls_cert = "/x.pem"\n', "server.tls_cert: set tls_cert and tls_key together"),
+        ('[[access]]\nrepository = "x/*"\npull = "authenticated"\n', "access[0].pull: needs client authentication"),
+        ('[[access]]\nregistry = "quay.io"\npull = "anonymous"\n', "access[0].registry"),
+        ('[[access]]\npull = "everyone"\n', "access[0].pull"),
+        ('[auth]\npassword = "inline"\n', "auth.password: unknown key"),
+        ('[[auth.tokens]]\nname = "ci"\ntoken = "inline-secret"\n', "auth.tokens[0].token: unknown key"),
+        ('[auth]\ntoken_lifetime = "1s"\n', "auth.token_lifetime"),
         ("[server\n", "invalid TOML"),
     ],
 )
@@ -160,3 +167,44 @@ def test_example_config_documents_the_built_in_docker_hub_hosts() -> None:
     hub = UpstreamSettings()
     assert tuple(documented["redirect_hosts"]) == hub.redirect_hosts
     assert tuple(documented["token_realms"]) == hub.token_realms
+
+
+def test_auth_and_access(tmp_path: Path) -> None:
+    token_file = tmp_path / "ci-token"
+    token_file.write_text("0123456789abcdef0123\n")
+    text = f"""
+[auth]
+htpasswd = "{tmp_path / "htpasswd"}"
+token_lifetime = "10m"
+
+[[auth.tokens]]
+name = "ci"
+file = "{token_file}"
+
+[auth.groups]
+ci = ["alice", "bob"]
+
+[[access]]
+registry = "docker.io"
+repository = "private/*"
+pull = ["alice", "group:ci"]
+"""
+    settings = load(write(tmp_path, text))
+    assert settings.auth.enabled and settings.auth.token_lifetime == 600
+    assert settings.auth.tokens[0].name == "ci" and settings.auth.tokens[0].token == "0123456789abcdef0123"
+    assert "0123456789abcdef0123" not in repr(settings)
+    assert settings.auth.groups == (("ci", ("alice", "bob")),)
+    assert settings.access[0].pull == ("alice", "group:ci")
+
+
+def test_access_rules_name_known_groups(tmp_path: Path) -> None:
+    text = '[auth]\nhtpasswd = "/h"\n[[access]]\npull = ["group:nobody"]\n'
+    with pytest.raises(ConfigError, match="unknown group 'nobody'"):
+        load(write(tmp_path, text))
+
+
+def test_static_tokens_must_be_long_enough(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_text("1234")
+    with pytest.raises(ConfigError, match="fewer than 16 characters"):
+        load(write(tmp_path, f'[[auth.tokens]]\nname = "ci"\nfile = "{short}"\n'))
