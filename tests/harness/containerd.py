@@ -85,15 +85,17 @@ class CommandError(RuntimeError):
         self.stderr = stderr
 
 
-def run_command(args: Sequence[str], env: Mapping[str, str], timeout: float) -> str:
-    """Run a client command to completion and return its stdout; CommandError if it fails."""
+def run_command(args: Sequence[str], env: Mapping[str, str], timeout: float, stdin: str | None = None) -> str:
+    """Run a client command to completion and return its stdout; CommandError if it fails. ``stdin``: its input
+    (a password, which then never appears in the process list)."""
     completed = subprocess.run(
         list(args),
         env=dict(env),
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         check=False,
     )
     if completed.returncode != 0:
@@ -270,6 +272,7 @@ class Ctr:
         hosts_dir: Path | None = None,
         platform: str | None = None,
         plain_http: bool = False,
+        user: str | None = None,
         timeout: float = 300.0,
     ) -> CtrImage:
         """``ctr image pull`` (unpacked with the daemon's snapshotter) and the image as containerd recorded it.
@@ -284,6 +287,8 @@ class Ctr:
             args += ["--platform", platform]
         if plain_http:
             args.append("--plain-http")
+        if user is not None:
+            args += ["--user", user]  # user:password, as ctr takes it
         self.command(*args, ref, timeout=timeout)
         return self.image(ref)
 

@@ -235,6 +235,11 @@ class Docker:
     def command(self, *args: str, timeout: float = CLIENT_TIMEOUT) -> str:
         return run_command([self.cli, *args], self.env, timeout)
 
+    def login(self, registry: str, user: str, password: str) -> str:
+        """``docker login REGISTRY -u USER --password-stdin``: the credentials land in this client's own config."""
+        return run_command([self.cli, "login", registry, "-u", user, "--password-stdin"], self.env, CLIENT_TIMEOUT,
+                           stdin=password)  # fmt: skip
+
     def pull(self, ref: str, *, platform: str | None = None, timeout: float = 300.0) -> DockerImage:
         """``docker pull [--platform P] REF`` and the pulled image."""
         args = ["pull"]

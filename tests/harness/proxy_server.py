@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,12 @@ class ProxyServer:
         env: dict[str, str] | None = None,
         cache_dir: Path | None = None,
         start_timeout: float = 20.0,
+        server_config: str = "",
+        ca: Path | None = None,
     ) -> None:
         """``extra_upstream``: more TOML lines for the docker.io upstream table; ``extra_config``: TOML appended
-        after it (more ``[[upstreams]]`` tables); ``env``: added to the proxy's environment."""
+        after it (more ``[[upstreams]]`` tables); ``env``: added to the proxy's environment; ``server_config``: more
+        lines for ``[server]`` (with ``tls_cert``, pass ``ca``: the proxy then serves HTTPS, trusted through it)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = cache_dir or workdir / "cache"
@@ -45,6 +49,7 @@ class ProxyServer:
 [server]
 host = "{LOOPBACK}"
 port = {self.port}
+{server_config}
 
 [storage]
 root = "{self.cache_dir}"
@@ -61,6 +66,7 @@ read_timeout = "{read_timeout}"
 """
         )
         self._env = env or {}
+        self.ca = ca
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +75,7 @@ read_timeout = "{read_timeout}"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca else 'http'}://{self.host}"
 
     def ref(self, name: str) -> str:
         return f"{self.host}/{name}"
@@ -91,7 +97,10 @@ read_timeout = "{read_timeout}"
             if process.poll() is not None:
                 raise RuntimeError(f"registry-proxy exited with {process.returncode}:\n{self.log_tail()}")
             try:
-                return True if httpx.get(f"{self.url}/v2/", timeout=1.0).status_code == 200 else None
+                # 401 is an answer too: the proxy asks clients to log in when client authentication is on.
+                verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+                status = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=verify).status_code
+                return True if status in (200, 401) else None
             except httpx.TransportError:
                 return None
 

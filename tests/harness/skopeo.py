@@ -42,15 +42,18 @@ def skopeo_copy(
     creds: str | None = None,
     timeout: float = 300,
     dest_format: DestFormat = "dir",
+    cert_dir: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Copy image ``src`` (``host:port/name:tag``, ``docker://`` optional) over plain HTTP into ``dest_dir``.
 
     ``dir:`` (the default) keeps the manifest bytes as the registry served them, so digests compare with what was
     pushed; ``oci:`` may convert a Docker manifest and so change its digest. ``creds`` is ``user:password``; without
     it skopeo is told to go anonymous, so no credentials from the machine's auth files leak into a test.
+    ``cert_dir``: the source is HTTPS, verified against the ``ca.crt`` in that directory.
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
-    args = [skopeo_path(), "--insecure-policy", "copy", "--src-tls-verify=false", "--retry-times=0"]
+    tls = ["--src-cert-dir", str(cert_dir)] if cert_dir is not None else ["--src-tls-verify=false"]
+    args = [skopeo_path(), "--insecure-policy", "copy", *tls, "--retry-times=0"]
     args += ["--src-creds", creds] if creds else ["--src-no-creds"]
     if all_images:
         args.append("--all")

@@ -58,6 +58,8 @@ class TokenIssuer:
         self.password = password
         self.expires_in = expires_in
         self.policy = policy or HubPolicy()
+        # Every token handed out, so that the suite can check no log line ever holds one.
+        self.issued_tokens: list[str] = []
         self.key = SigningKey()
         workdir.mkdir(parents=True, exist_ok=True)
         self.cert_path = self.key.write_cert(workdir / "token-issuer.crt")
@@ -196,6 +198,7 @@ class TokenIssuer:
         service = params.get("service", [self.service])[0]
         now = time.time()
         token = self.issue(scopes, user=user, service=service, now=now)
+        self.issued_tokens.append(token)
         issued_at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return HTTPStatus.OK, {
             "token": token,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Secrets
 from tests.harness.images import Images, seed
 from tests.harness.push import push_image
 from tests.harness.registry import BINARY as REGISTRY_BINARY, DistributionRegistry
@@ -43,9 +44,12 @@ def big_layer_mib() -> int:
 
 
 @pytest.fixture(scope="session")
-def token_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenIssuer]:
+def token_issuer(tmp_path_factory: pytest.TempPathFactory, used_secrets: Secrets) -> Iterator[TokenIssuer]:
     """auth.docker.io: anonymous pull on everything but ``private/*``; ``pusher``/``s3cret`` may do anything."""
     with TokenIssuer(tmp_path_factory.mktemp("token-issuer")) as issuer:
+        # The upstream credentials the proxies are configured with, and every token the stand-in hands them.
+        used_secrets.add(issuer.password, GHCR_CREDENTIALS[1])
+        used_secrets.watch(issuer.issued_tokens)
         yield issuer
 
 

@@ -21,6 +21,7 @@ from proxy.config import (
     StorageSettings,
     UpstreamSettings,
 )
+from tests.conftest import Secrets
 from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry
 
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-22", "carol": "carol-secret-333"}
@@ -28,6 +29,17 @@ STATIC_TOKEN = "static-token-0123456789abcdef"
 MANIFEST = b'{"schemaVersion":2,"mediaType":"' + OCI_MANIFEST.encode() + b'","layers":[]}'
 
 AppFactory = Callable[..., TestClient]
+
+
+@pytest.fixture(autouse=True)
+def registered(used_secrets: Secrets) -> Secrets:
+    """Every password and token these tests use is grepped for in every log at the end of the suite."""
+    used_secrets.add(*PASSWORDS.values(), STATIC_TOKEN, "upstream-password")
+    used_secrets.watch(ISSUED)
+    return used_secrets
+
+
+ISSUED: list[str] = []  # tokens the proxy issued in these tests (watched by the suite's log check)
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -107,6 +119,7 @@ def token_for(client: TestClient, headers: dict[str, str] | None = None, scope: 
     body = response.json()
     assert body["token"] == body["access_token"] and body["expires_in"] == 300
     token: str = body["token"]
+    ISSUED.append(token)
     return token
 
 
