@@ -23,7 +23,7 @@ from proxy.server.uvicorn_internals import unsupported
 from proxy.server.zerocopy import ZeroCopyMiddleware
 from storage.preflight import check_root
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_REFUSED", "serve"]
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_REFUSED", "build_server", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ def serve(settings: Settings, log_level: str) -> int:
     except StartupRefused as exc:
         print(f"registry-proxy: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    server = build_server(settings, log_level)
+    with listener:
+        server.run(sockets=[listener])
+    return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def build_server(settings: Settings, log_level: str) -> uvicorn.Server:
+    """The app under uvicorn with this module's wiring, not yet running: :func:`serve` runs it on the configured
+    address, ``registry-proxy warm`` on a loopback port of its own."""
     server_settings = settings.server
     descriptors = raise_descriptor_limit()
     limits = ConnectionLimits(
@@ -82,10 +91,7 @@ def serve(settings: Settings, log_level: str) -> int:
         log_config=None,
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    with listener:
-        server.run(sockets=[listener])
-    return EXIT_OK if server.started else EXIT_FAILURE
+    return uvicorn.Server(config)
 
 
 def _listen(settings: Settings) -> socket.socket:
