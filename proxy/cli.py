@@ -11,6 +11,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.config import ConfigError, Settings, load
 from proxy.server import EXIT_REFUSED, serve
+from proxy.warm import command as warm
 from storage.verify import verify_blobs
 
 __all__ = ["main"]
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify.add_argument("--config", type=Path, default=None, help="as for serve")
     verify.add_argument("--dry-run", action="store_true", help="report corrupt blobs without removing them")
+    warm.add_arguments(commands.add_parser("warm", help="pull images, or the images CI files name, into the cache"))
     args = parser.parse_args(argv)
 
     config_path = args.config or (Path(p) if (p := os.environ.get("REGISTRY_PROXY_CONFIG")) else None)
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     if args.command == "verify":
         return verify_cache(settings, remove=not args.dry_run)
+    if args.command == "warm":
+        return warm.run(args, settings, configured=config_path is not None)
     return serve_forever(settings, args.log_level)
 
 
