@@ -26,7 +26,7 @@ class ProgressDisplay:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(),
+            DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             console=console,
             transient=True,
@@ -89,8 +89,10 @@ def image_line(result: ImageResult, target: Target) -> str:
         errors = "; ".join(result.errors[:3]) + (f" (and {more} more)" if more > 0 else "")
         return f"{outcome.value:<{_LABEL_WIDTH}}  {result.reference}{platforms}{where}: {errors}"
     count, size = sum(result.blobs.values()), sum(result.sizes.values())
-    fetched = result.sizes[BlobOutcome.FETCHED]
-    detail = f"{count} blobs, {mib(size)}" + (f", {mib(fetched)} fetched" if fetched else "")
+    fetched = result.blobs[BlobOutcome.FETCHED]
+    detail = f"{count} blobs, {human(size)}"
+    if fetched:
+        detail += f"; fetched {fetched} ({human(result.sizes[BlobOutcome.FETCHED])})"
     return f"{outcome.value:<{_LABEL_WIDTH}}  {result.reference}{platforms}{where}: {detail}"
 
 
@@ -113,10 +115,18 @@ def summary(
         sizes[outcome] += size
     image_parts = [f"{images[label]} {label}" for label in ("cached already", "fetched", "failed", "skipped")]
     blob_parts = [
-        f"{counts[o]} {o.value}" + (f" ({mib(sizes[o])})" if o is not BlobOutcome.FAILED else "") for o in BlobOutcome
+        f"{counts[o]} {o.value}" + (f" ({human(sizes[o])})" if o is not BlobOutcome.FAILED else "") for o in BlobOutcome
     ]
     return [f"images: {', '.join(image_parts)}", f"blobs: {', '.join(blob_parts)}"]
 
 
-def mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
+def human(size: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``20.0 MiB``, ``1.2 GiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"

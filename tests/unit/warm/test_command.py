@@ -38,10 +38,10 @@ def test_warm_through_a_running_proxy(proxy_url: str, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"skipped         app:${{MISSING}} ({dockerfile}:3): unresolved variable ${{MISSING}}"
     assert out[1].startswith("fetched         docker.io/library/app:1 [linux/amd64, linux/arm64/v8] ")
-    assert out[1].endswith(f" ({dockerfile}:2): 6 blobs, 0.1 MiB, 0.1 MiB fetched")
+    assert out[1].endswith(f" ({dockerfile}:2): 6 blobs, 109.4 KiB; fetched 6 (109.4 KiB)")
     assert out[2:] == [
         "images: 0 cached already, 1 fetched, 0 failed, 1 skipped",
-        "blobs: 0 cached already (0.0 MiB), 6 fetched (0.1 MiB), 0 failed",
+        "blobs: 0 cached already (0 B), 6 fetched (109.4 KiB), 0 failed",
     ]
 
     assert main(["warm", "--proxy", proxy_url, "--platform", "linux/amd64", "app:1", "app:nope"]) == 1
