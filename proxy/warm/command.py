@@ -1,14 +1,20 @@
 """``registry-proxy warm``: the arguments, choosing between a running proxy and a stopped cache, the run.
 
 Running proxy: warmed through its HTTP API (``--proxy URL``, else the address in the config's ``[server]``).
-Stopped cache: with ``--stopped``, or when a config file was given and nothing answers at its address, the cache is
+Stopped cache: with ``--stopped``, or when a config file was given and nothing listens at its address, the cache is
 served by this process on a loopback port while it is warmed (see :mod:`proxy.warm.inprocess`).
+
+With client authentication on (``[auth]``), warm logs in like any client (``--username`` and a password from the
+environment or a file, never the command line); the in-process server keeps the same access rules.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="warm the cache of --config directly, with no proxy running (it is served in-process meanwhile)",
     )
     parser.add_argument("--config", type=Path, default=None, help="as for serve")
+    parser.add_argument("--username", help="log in to the proxy as this user (or static token name)")
+    parser.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
+    parser.add_argument("--password-file", type=Path, metavar="FILE", help="file holding the password")
+    parser.add_argument("--cacert", type=Path, metavar="FILE", help="CA certificate(s) to trust for an https proxy")
     parser.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs fetched at a time (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress display, only the result lines")
 
@@ -87,6 +97,7 @@ def run(args: argparse.Namespace, settings: Settings, *, configured: bool) -> in
         # The registries the proxy serves are known when its configuration is; otherwise the proxy answers.
         knows_config = args.stopped or (configured and args.proxy is None)
         served = frozenset(u.registry for u in settings.upstreams) if knows_config else None
+        access = _Access(_credentials(args), _verify(args.cacert))
         work = plan(args.images, args.files, kind=args.format, platforms=platforms, served=served)
         for line in work.file_errors:
             print(f"registry-proxy: warm: {line}", file=sys.stderr)
@@ -94,7 +105,7 @@ def run(args: argparse.Namespace, settings: Settings, *, configured: bool) -> in
             print(not_warmed_line(item))
         if not work.targets:
             return _finish(work, [], [])
-        url, stopped = _where(args, settings, configured)
+        url, stopped = _where(args, settings, configured, access)
     except _Refused as exc:
         print(f"registry-proxy: warm: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -103,8 +114,8 @@ def run(args: argparse.Namespace, settings: Settings, *, configured: bool) -> in
     try:
         if stopped:
             with serving(settings) as url:
-                return _warm(url, work, args.jobs, console if progress else None)
-        return _warm(url, work, args.jobs, console if progress else None)
+                return _warm(url, access, work, args.jobs, console if progress else None)
+        return _warm(url, access, work, args.jobs, console if progress else None)
     except ServeFailed as exc:
         print(f"registry-proxy: warm: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -113,27 +124,28 @@ def run(args: argparse.Namespace, settings: Settings, *, configured: bool) -> in
         return _INTERRUPTED
 
 
-def _warm(url: str, work: Plan, jobs: int, console: Console | None) -> int:
+def _warm(url: str, access: _Access, work: Plan, jobs: int, console: Console | None) -> int:
     def report(result: ImageResult, target: Target) -> None:
         print(image_line(result, target), flush=True)
 
     if console is None:
-        results, blobs = asyncio.run(_warm_all(url, work.targets, jobs, None, report))
+        results, blobs = asyncio.run(_warm_all(url, access, work.targets, jobs, None, report))
     else:
         with ProgressDisplay(console, len(work.targets)) as display:
-            results, blobs = asyncio.run(_warm_all(url, work.targets, jobs, display, report))
+            results, blobs = asyncio.run(_warm_all(url, access, work.targets, jobs, display, report))
     return _finish(work, results, blobs)
 
 
 async def _warm_all(
     url: str,
+    access: _Access,
     targets: list[Target],
     jobs: int,
     observer: Observer | None,
     report: Callable[[ImageResult, Target], None],
 ) -> tuple[list[ImageResult], list[tuple[int, BlobOutcome]]]:
     results = []
-    async with _client(url, jobs) as client:
+    async with _client(url, access, jobs) as client:
         warmer = Warmer(client, observer, jobs=jobs)
         for target in targets:
             result = await warmer.warm(target.reference, target.platforms)
@@ -152,9 +164,11 @@ def _finish(work: Plan, results: list[ImageResult], blobs: list[tuple[int, BlobO
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _client(url: str, jobs: int) -> httpx.AsyncClient:
+def _client(url: str, access: _Access, jobs: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=url,
+        auth=access.auth,
+        verify=access.verify,
         # Between two reads of a cold blob the proxy waits on its upstream; its own read timeout is 60 s by default.
         timeout=httpx.Timeout(120.0, connect=5.0),
         limits=httpx.Limits(max_connections=jobs + 2),
@@ -171,24 +185,24 @@ def _platforms(values: list[str]) -> tuple[Platform, ...]:
         raise _Refused(f"--platform: {exc}") from None
 
 
-def _where(args: argparse.Namespace, settings: Settings, configured: bool) -> tuple[str, bool]:
+def _where(args: argparse.Namespace, settings: Settings, configured: bool, access: _Access) -> tuple[str, bool]:
     """The URL to warm through, and whether the cache is stopped (to be served in-process)."""
     if args.proxy is not None:
         url = args.proxy.rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
             raise _Refused(f"--proxy: expected http(s)://host[:port], got {args.proxy!r}")
-        if (problem := _probe(url)[1]) is not None:
+        if (problem := _probe(url, access)[1]) is not None:
             raise _Refused(f"--proxy: {problem}")
         return url, False
     url = _server_url(settings)
-    listening, problem = _probe(url)
+    listening, problem = _probe(url, access)
     if problem is None and not args.stopped:
         return url, False
     if args.stopped and listening:
         # Serving the cache here would run the start-up clean-up, which removes the partial files of a running
         # proxy's fills.
-        raise _Refused(f"something answers at {url}: warm through the running proxy (leave out --stopped)")
+        raise _Refused(f"something listens at {url}: warm through the running proxy (leave out --stopped)")
     if not args.stopped and (listening or not configured):
         hint = "" if configured else "; start it, or name its config with --config (and --stopped if it is stopped)"
         raise _Refused(f"{problem}{hint}")
@@ -196,20 +210,32 @@ def _where(args: argparse.Namespace, settings: Settings, configured: bool) -> tu
     if (unusable := check_root(root)) is not None:
         raise _Refused(f"storage.root: {root} is not usable ({unusable})")
     if not args.stopped:
-        print(f"registry-proxy: warm: no proxy answers at {url}; warming the cache at {root} directly", file=sys.stderr)
+        print(f"registry-proxy: warm: nothing listens at {url}; warming the cache at {root} directly", file=sys.stderr)
     return url, True
 
 
-def _probe(url: str) -> tuple[bool, str | None]:
-    """Whether anything listens at ``url``, and what is wrong (None: a registry answers there)."""
+def _probe(url: str, access: _Access) -> tuple[bool, str | None]:
+    """Whether anything listens at ``url``, and what is wrong (None: a registry answers there).
+
+    Listening is asked of TCP itself: a TLS or HTTP failure must never pass for a stopped proxy, whose cache would
+    then be served a second time from here.
+    """
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        response = httpx.get(f"{url}/v2/", timeout=_PROBE_TIMEOUT, trust_env=False)
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        return False, f"nothing answers at {url}"
+        socket.create_connection((parts.hostname or "", port), timeout=_PROBE_TIMEOUT).close()
+    except OSError:
+        return False, f"nothing listens at {url}"
+    try:
+        response = httpx.get(f"{url}/v2/", timeout=_PROBE_TIMEOUT, auth=access.auth, verify=access.verify,
+                             trust_env=False)  # fmt: skip
     except httpx.HTTPError as exc:
-        return True, f"{url} does not answer properly ({type(exc).__name__})"
+        return True, f"{url} does not answer properly: {exc or type(exc).__name__}"
     if "docker-distribution-api-version" not in response.headers:
         return True, f"{url} answers, but not as a registry (HTTP {response.status_code} to GET /v2/)"
+    if response.status_code in (401, 403):
+        login = "--username and --password-env/--password-file" if access.auth is None else "other credentials"
+        return True, f"{url} wants a login (HTTP {response.status_code}): give {login}"
     return True, None
 
 
@@ -217,4 +243,44 @@ def _server_url(settings: Settings) -> str:
     host = settings.server.host
     # The proxy listens on every address: this machine reaches it on loopback.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{settings.server.port}"
+    scheme = "https" if settings.server.tls_cert is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.server.port}"
+
+
+class _Access:
+    """How to reach the proxy: the login (Basic, which the proxy accepts beside its token flow) and TLS trust."""
+
+    def __init__(self, auth: httpx.BasicAuth | None, verify: ssl.SSLContext | bool) -> None:
+        self.auth = auth
+        self.verify = verify
+
+
+def _credentials(args: argparse.Namespace) -> httpx.BasicAuth | None:
+    if args.password_env is not None and args.password_file is not None:
+        raise _Refused("give --password-env or --password-file, not both")
+    given = args.password_env is not None or args.password_file is not None
+    if args.username is None:
+        if given:
+            raise _Refused("a password is given but no --username")
+        return None
+    if args.password_env is not None:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise _Refused(f"--password-env: environment variable {args.password_env} is not set")
+    elif args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Refused(f"--password-file: cannot read {args.password_file}: {exc}") from None
+    else:
+        raise _Refused("--username needs --password-env or --password-file (never a password on the command line)")
+    return httpx.BasicAuth(args.username, password)
+
+
+def _verify(cacert: Path | None) -> ssl.SSLContext | bool:
+    if cacert is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(cacert))
+    except (OSError, ssl.SSLError) as exc:
+        raise _Refused(f"--cacert: cannot use {cacert}: {exc}") from None

@@ -1,9 +1,11 @@
 """A stopped cache, served by this process on a loopback port while it is warmed.
 
 The app and server wiring are those of ``registry-proxy serve`` (:func:`proxy.server.runner.build_server`), so
-warming goes through exactly the code a pull goes through; only the address differs: an ephemeral port on
-127.0.0.1 that nothing else is told about. uvicorn runs in a thread with its own event loop: the warmer keeps the
-main thread, where Ctrl-C lands, and uvicorn installs no signal handlers off the main thread.
+warming goes through exactly the code a pull goes through, client authentication and access rules included; only
+the address differs: an ephemeral port on 127.0.0.1 that nothing else is told about, in plain HTTP (the bytes
+never leave the machine, and the configured certificate names the proxy's host, not 127.0.0.1). uvicorn runs in a
+thread with its own event loop: the warmer keeps the main thread, where Ctrl-C lands, and uvicorn installs no
+signal handlers off the main thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from proxy.config import Settings
 from proxy.server.runner import build_server
@@ -29,7 +32,8 @@ class ServeFailed(Exception):
 @contextmanager
 def serving(settings: Settings, *, start_timeout: float = 30.0, stop_timeout: float = 30.0) -> Iterator[str]:
     """The cache of ``settings`` served on a loopback port until the block ends; yields the base URL."""
-    server = build_server(settings, "warning")
+    plain = replace(settings, server=replace(settings.server, tls_cert=None, tls_key=None))
+    server = build_server(plain, "warning")
     listener = socket.create_server((_LOOPBACK, 0))
     port = listener.getsockname()[1]
     thread = threading.Thread(

@@ -4,25 +4,31 @@ after a warm, pulling the warmed images with skopeo makes no upstream request at
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import bcrypt
 import pytest
 
+from tests.conftest import Secrets
 from tests.harness.images import Images, PushedImage
 from tests.harness.proxy_server import ProxyServer
 from tests.harness.registry import DistributionRegistry
 from tests.harness.skopeo import read_dir_layout, skopeo_copy
+from tests.harness.tls import make_certificates
+from tests.harness.tokens import TokenIssuer
 
 # The seeded images by the names a CI file would give them: Docker Hub short names, which mean library/.
 SHORT_NAMES = {"oci": "oci-image:1", "index": "oci-index:1", "docker": "docker-image:1", "list": "docker-list:1"}
 
 
-def warm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def warm(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cli = Path(sys.executable).with_name("registry-proxy")
-    env = {k: v for k, v in os.environ.items() if k != "REGISTRY_PROXY_CONFIG"}
+    env = {**{k: v for k, v in os.environ.items() if k != "REGISTRY_PROXY_CONFIG"}, **(env or {})}
     return subprocess.run(
         [str(cli), "warm", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
@@ -182,3 +188,46 @@ def test_warm_a_stopped_cache_then_serve_it(
         assert f"warming the cache at {proxy.cache_dir} directly" in result.stderr
     with proxy:
         assert_pulls_are_served_from_the_cache(proxy, upstream_registry, [image], tmp_path)
+
+
+def test_warm_logs_in_to_a_proxy_over_tls(
+    upstream_registry: DistributionRegistry,
+    token_issuer: TokenIssuer,
+    images: Images,
+    skopeo: str,
+    used_secrets: Secrets,
+    tmp_path: Path,
+) -> None:
+    image = images["private"]  # the proxy fetches it with its upstream credentials; its clients must log in
+    password = secrets.token_urlsafe(18)
+    used_secrets.add(password)
+    certificates = make_certificates(tmp_path / "tls")
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"ci:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(5)).decode()}\n")
+    with ProxyServer(
+        tmp_path / "proxy",
+        upstream_registry.url,
+        server_config=f'tls_cert = "{certificates.cert}"\ntls_key = "{certificates.key}"\n',
+        extra_upstream=f'username = "{token_issuer.username}"\npassword_env = "HUB_PASSWORD"\n',
+        extra_config=f'[auth]\nhtpasswd = "{htpasswd}"\n',
+        env={"HUB_PASSWORD": token_issuer.password},
+        ca=certificates.ca,
+    ) as proxy:
+        tls = ["--proxy", proxy.url, "--cacert", str(certificates.ca), "private/secret:1"]
+        anonymous = warm(*tls)
+        assert anonymous.returncode == 2 and "wants a login (HTTP 401)" in anonymous.stderr
+
+        result = warm(*tls, "--username", "ci", "--password-env", "WARM_PASSWORD", env={"WARM_PASSWORD": password})
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("fetched         docker.io/private/secret:1: ")
+        assert password not in result.stdout + result.stderr
+
+        cert_dir = tmp_path / "certs.d"
+        cert_dir.mkdir()
+        shutil.copy(certificates.ca, cert_dir / "ca.crt")
+        upstream_registry.wait_quiet()
+        mark = upstream_registry.mark()
+        skopeo_copy(proxy.ref(image.ref), tmp_path / "pulled", cert_dir=cert_dir, creds=f"ci:{password}")
+        assert read_dir_layout(tmp_path / "pulled").manifest_digest == image.digest
+        upstream_registry.wait_quiet()
+        assert upstream_registry.requests_since(mark) == []

@@ -12,6 +12,7 @@ from rich.console import Console
 from proxy.cli import main
 from proxy.warm.client import BlobOutcome
 from proxy.warm.display import ProgressDisplay
+from tests.harness.htpasswd import write_htpasswd
 from tests.harness.ports import free_port
 
 
@@ -20,13 +21,14 @@ def _no_config_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REGISTRY_PROXY_CONFIG", raising=False)
 
 
-def config_file(tmp_path: Path, *, port: int, upstream_port: int | None = None, root: Path | None = None) -> Path:
-    upstream = upstream_port or free_port()  # nothing listens there: every upstream request fails at once
+def config_file(tmp_path: Path, *, port: int, root: Path | None = None, extra: str = "") -> Path:
+    upstream = free_port()  # nothing listens there: every upstream request fails at once
     path = tmp_path / "config.toml"
     path.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
         f'[storage]\nroot = "{root or tmp_path / "cache"}"\n'
         f'[[upstreams]]\nregistry = "docker.io"\nurl = "http://127.0.0.1:{upstream}"\nconnect_timeout = "1s"\n'
+        f"{extra}"
     )
     return path
 
@@ -74,6 +76,10 @@ def test_an_unparseable_file_is_one_line_and_the_others_still_run(
         (["alpine", "--platform", "amd64"], "--platform: expected os/architecture"),
         (["alpine", "--proxy", "ftp://x"], "--proxy: expected http(s)://host[:port]"),
         (["alpine", "--jobs", "0"], "--jobs must be between 1 and 64"),
+        (["alpine", "--username", "ci"], "--username needs --password-env or --password-file"),
+        (["alpine", "--password-env", "HOME"], "a password is given but no --username"),
+        (["alpine", "--username", "ci", "--password-env", "NO_SUCH_VARIABLE_HERE"], "NO_SUCH_VARIABLE_HERE is not set"),
+        (["alpine", "--cacert", "/nonexistent/ca.crt"], "--cacert: cannot use /nonexistent/ca.crt"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
@@ -87,7 +93,7 @@ def test_usage_errors_are_one_line_and_exit_2(
 def test_no_proxy_answering_and_no_config_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["warm", "--proxy", url, "alpine"]) == 2
-    assert capsys.readouterr().err == f"registry-proxy: warm: --proxy: nothing answers at {url}\n"
+    assert capsys.readouterr().err == f"registry-proxy: warm: --proxy: nothing listens at {url}\n"
 
 
 def test_with_a_config_and_nothing_answering_the_cache_is_warmed_in_process(
@@ -97,7 +103,7 @@ def test_with_a_config_and_nothing_answering_the_cache_is_warmed_in_process(
     # The upstream is down: the image fails, through the in-process proxy's own answer.
     assert main(["warm", "--config", str(config), "alpine:3.20"]) == 1
     captured = capsys.readouterr()
-    assert "no proxy answers at http://127.0.0.1:" in captured.err and str(tmp_path / "cache") in captured.err
+    assert "nothing listens at http://127.0.0.1:" in captured.err and str(tmp_path / "cache") in captured.err
     assert captured.out.startswith("failed          docker.io/library/alpine:3.20: 503 UPSTREAM_UNAVAILABLE")
     assert (tmp_path / "cache").is_dir()
 
@@ -107,7 +113,7 @@ def test_stopped_refuses_when_a_proxy_answers_at_the_configs_address(
 ) -> None:
     config = config_file(tmp_path, port=urlsplit(proxy_url).port or 0, root=tmp_path / "stopped-cache")
     assert main(["warm", "--config", str(config), "--stopped", "alpine"]) == 2
-    assert "something answers at" in capsys.readouterr().err
+    assert "something listens at" in capsys.readouterr().err
     assert not (tmp_path / "stopped-cache").exists()
 
 
@@ -144,3 +150,21 @@ def test_the_progress_display_follows_the_blobs() -> None:
         assert (overall.completed, overall.total, len(display._progress.tasks)) == (300, 300, 1)
         assert "blobs 2/2" in overall.description
     assert "docker.io/library/app:1" in out.getvalue()
+
+
+def test_a_stopped_cache_keeps_its_access_rules_and_warm_logs_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"ci": "warm-secret-1"})
+    rules = f'[auth]\nhtpasswd = "{htpasswd}"\n[[access]]\nrepository = "*"\npull = "authenticated"\n'
+    config = config_file(tmp_path, port=free_port(), extra=rules)
+    assert main(["warm", "--config", str(config), "--stopped", "alpine:3.20"]) == 1
+    assert capsys.readouterr().out.startswith("failed          docker.io/library/alpine:3.20: 401 UNAUTHORIZED")
+
+    monkeypatch.setenv("WARM_PASSWORD", "warm-secret-1")
+    login = ["--username", "ci", "--password-env", "WARM_PASSWORD"]
+    assert main(["warm", "--config", str(config), "--stopped", *login, "alpine:3.20"]) == 1
+    captured = capsys.readouterr()
+    # Past the login: the upstream (down here) is what fails now.
+    assert captured.out.startswith("failed          docker.io/library/alpine:3.20: 503 UPSTREAM_UNAVAILABLE")
+    assert "warm-secret-1" not in captured.out + captured.err
