@@ -8,13 +8,15 @@ forgotten once it is done.
 Only the upstream's own responses teach it how to authenticate, and only the upstream's own host and the token
 realms in its configuration (:class:`AllowedHosts`) ever see its credentials: a request to any other origin (a blob
 redirect target) passes through untouched, and a challenge naming a realm outside the configuration is refused
-before any connection is made to it.
+before any connection is made to it. Nor do credentials for an https upstream ever travel in clear text: a realm on
+plain http is refused too, when there are credentials to send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -26,10 +28,13 @@ import httpx
 
 from proxy.errors import RegistryError
 from proxy.upstream.challenge import Challenge, parse_challenges
-from proxy.upstream.hosts import AllowedHosts
+from proxy.upstream.hosts import AllowedHosts, HostRefused
 from proxy.upstream.pool import Congested
+from proxy.upstream.sanitize import printable
 
 __all__ = ["RegistryAuth", "scope_for_path"]
+
+log = logging.getLogger(__name__)
 
 _REPOSITORY_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]+")
 
@@ -184,6 +189,15 @@ class RegistryAuth(httpx.Auth):
             raise RegistryError.bad_gateway(f"upstream {self._host} sent an unusable token realm") from None
         # Before any connection: a realm outside the configuration gets neither a request nor the credentials.
         self._allowed.check_realm(realm)
+        if self._basic is not None and self._origin[0] == "https" and realm.scheme != "https":
+            # The configuration trusts the host, not clear text: credentials for an https upstream stay encrypted.
+            host = printable(realm.host)
+            why = (
+                f"upstream {self._host} named a token realm on plain http ({host}); the proxy sends the credentials"
+                " of an https upstream over https only: it did not connect"
+            )
+            log.warning("%s", why)
+            raise HostRefused(why)
         params: dict[str, str] = {}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]

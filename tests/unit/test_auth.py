@@ -310,3 +310,40 @@ async def test_waiting_for_a_pooled_token_connection_is_congestion_not_an_outage
         with pytest.raises(Congested) as info:
             await auth._token(BEARER, "repository:a:pull")
     assert (info.value.status, info.value.code) == (503, "UPSTREAM_UNAVAILABLE")
+
+
+# -- no credentials in clear text ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("realm", "configured"),
+    [
+        ("http://registry.example.co.uk/token", ()),  # the upstream's own host, on plain http
+        ("http://registry.example.co.uk:8080/token", ()),
+        ("http://auth.example.co.uk/token", ("auth.example.co.uk",)),  # a configured host: trusted, but not in clear
+        ("http://auth.example.co.uk/token", ("http://auth.example.co.uk/token",)),  # even when configured as http
+    ],
+)
+async def test_credentials_of_an_https_upstream_never_go_to_a_plain_http_realm(
+    realm: str, configured: tuple[str, ...]
+) -> None:
+    upstream = "https://registry.example.co.uk"
+    allowed = AllowedHosts.for_url("r", upstream, token_realms=configured)
+    token_requests: list[httpx.Request] = []
+    with pytest.raises(RegistryError) as info:
+        await pull_with_realm(upstream, realm, allowed, token_requests)
+    assert (info.value.status, info.value.code) == (502, "UPSTREAM_ERROR")
+    assert "plain http" in info.value.message
+    assert token_requests == []  # not even a connection
+
+
+async def test_an_anonymous_pull_may_use_a_plain_http_realm() -> None:
+    # Nothing secret to send: the token comes back over http, and goes to the upstream over https.
+    token_requests: list[httpx.Request] = []
+    transport = challenged_by("http://registry.example.co.uk/token", token_requests)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth("https://registry.example.co.uk", token_client)
+        async with httpx.AsyncClient(base_url="https://registry.example.co.uk", auth=auth, transport=transport) as c:
+            assert (await c.get("/v2/x/manifests/1")).status_code == 200
+    [token_request] = token_requests
+    assert "authorization" not in token_request.headers
