@@ -91,6 +91,7 @@ class BlobDownload:
         self.offset = offset
         # A download dropped unclosed would hold its connection and its slot for good: close it when collected.
         self._finalizer = weakref.finalize(self, _dropped, lease)
+        self._finalizer.atexit = False  # at exit there is no event loop, and nothing left to give back
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -238,7 +239,7 @@ class UpstreamRegistry:
                 pass  # the status alone is enough to report the error
             raise _error_for(self.registry, path, what, response.status_code, response.headers, body)
         except BaseException:
-            lease.abandon()
+            await lease.aclose()
             raise
 
     def _check_breaker(self) -> None:
@@ -344,12 +345,9 @@ def _repository_of(path: str) -> str:
 async def _read(lease: Lease, limit: int, what: str, raw: bool = False) -> bytes:
     """The body of the lease's response, bounded; the lease is closed either way."""
     try:
-        body = await lease.run(_read_bounded(lease.response, limit, what, raw))
-    except BaseException:
-        lease.abandon()
-        raise
-    await lease.aclose()
-    return body
+        return await lease.run(_read_bounded(lease.response, limit, what, raw))
+    finally:
+        await lease.aclose()
 
 
 async def _read_bounded(response: httpx.Response, limit: int, what: str, raw: bool = False) -> bytes:

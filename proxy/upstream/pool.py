@@ -148,6 +148,7 @@ class Lease:
         return self._closing
 
     async def aclose(self) -> None:
+        """Close, and wait for it unless the caller is being cancelled."""
         closing = self.abandon()
         task = asyncio.current_task()
         if task is not None and task.cancelling():
