@@ -80,7 +80,7 @@ class RequestPool:
             async with asyncio.timeout(self._queue_timeout):
                 slot = await self.limiter.acquire(streaming)
         except TimeoutError:
-            why = f"too many requests to upstream {self.name} at once; waited {self._queue_timeout:.0f} s for a turn"
+            why = f"too many requests to upstream {self.name} at once; waited {self._queue_timeout:g} s for a turn"
             raise Congested(why) from None
         return Lease(slot, self._spawn)
 
