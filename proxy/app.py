@@ -47,6 +47,8 @@ from proxy.services import Services
 from proxy.upstream.auth import RegistryAuth
 from proxy.upstream.client import UpstreamRegistry
 from proxy.upstream.hosts import AllowedHosts
+from proxy.upstream.limiter import Limiter
+from proxy.upstream.pool import RequestPool, pool_limits
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
 
@@ -162,22 +164,26 @@ def _client_auth(settings: Settings) -> _ClientAuth:
 
 def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
     # Every request to the upstream, its token service and its redirect targets is built by these two clients, so
-    # carries these timeouts. Waiting for a pooled connection is bounded like a read: with every connection busy
-    # streaming blobs, a request waits its turn rather than failing after the connect timeout.
-    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout)
+    # carries these timeouts. A request waits its turn in the RequestPool (up to read_timeout), and every request
+    # with a turn has a pooled connection ready (the pools hold one per turn; token fetches happen within a turn),
+    # so httpx's own wait for a pooled connection is never more than a moment: bounded like a connect.
+    timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout, pool=upstream.connect_timeout)
+    limits = pool_limits(upstream.max_concurrent_requests)
     headers = {"User-Agent": f"registry-proxy/{__version__}"}
     allowed = AllowedHosts.for_url(upstream.registry, upstream.url, upstream.redirect_hosts, upstream.token_realms)
-    token_client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
+    token_client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=transport)
     auth = RegistryAuth(upstream.url, token_client, upstream.username, upstream.password, allowed=allowed)
     client = httpx.AsyncClient(
         base_url=upstream.url,
         auth=auth,
         timeout=timeout,
+        limits=limits,
         # The bytes we hash and store must be the bytes the registry holds, so never let anything decode.
         headers={**headers, "Accept-Encoding": "identity"},
         transport=transport,
     )
-    return UpstreamRegistry(upstream.registry, client, token_client, allowed=allowed)
+    pool = RequestPool(upstream.registry, Limiter(upstream.max_concurrent_requests), upstream.read_timeout)
+    return UpstreamRegistry(upstream.registry, client, token_client, allowed=allowed, pool=pool)
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:

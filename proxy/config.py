@@ -84,6 +84,10 @@ class UpstreamSettings:
         "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
     )
     token_realms: tuple[str, ...] = ("https://auth.docker.io/token",)
+    # Requests to this upstream at once, blob downloads included for as long as they stream (at most three quarters
+    # of these; the rest stay free for manifests, tags and HEADs); the others wait their turn, in order, for up to
+    # read_timeout. The connection pool holds as many. 100 is httpx's own pool size, what the proxy always used.
+    max_concurrent_requests: int = 100
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ class Settings:
     access: tuple[AccessSettings, ...] = ()
 
 
+# Each request to an upstream may hold a connection (a file descriptor) and a token fetch another.
+_MAX_CONCURRENCY = 10_000
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -342,7 +348,7 @@ class _Reader:
         prefix = f"upstreams[{index}]"
         allowed = {
             "registry", "url", "tag_ttl", "negative_ttl", "username", "password_env", "password_file",
-            "connect_timeout", "read_timeout", "redirect_hosts", "token_realms",
+            "connect_timeout", "read_timeout", "redirect_hosts", "token_realms", "max_concurrent_requests",
         }  # fmt: skip
         table = self._table({prefix: entry}, prefix, allowed)
         defaults = UpstreamSettings()
@@ -360,6 +366,10 @@ class _Reader:
         if password is not None and username is None:
             raise self._fail(f"{prefix}.username", "a password is configured but no username")
         hub = registry == DOCKER_HUB  # Docker Hub's redirect hosts and realm are built in; other registries have none
+        concurrency = self._get(table, prefix, "max_concurrent_requests", int, defaults.max_concurrent_requests)
+        if not 1 <= concurrency <= _MAX_CONCURRENCY:
+            why = f"must be between 1 and {_MAX_CONCURRENCY}, got {concurrency}"
+            raise self._fail(f"{prefix}.max_concurrent_requests", why)
         return UpstreamSettings(
             registry=registry,
             url=url.rstrip("/"),
@@ -371,6 +381,7 @@ class _Reader:
             read_timeout=self._duration(table, prefix, "read_timeout", defaults.read_timeout),
             redirect_hosts=self._hosts(table, prefix, "redirect_hosts", defaults.redirect_hosts if hub else ()),
             token_realms=self._realms(table, prefix, "token_realms", defaults.token_realms if hub else ()),
+            max_concurrent_requests=concurrency,
         )
 
     def _strings(self, table: dict[str, Any], prefix: str, name: str) -> list[str] | None:

@@ -1,20 +1,25 @@
 """Registry token auth (Docker Hub style) and plain Basic auth, as an ``httpx.Auth`` flow.
 
 Tokens are cached per (realm, service, scope) until they expire and are shared by every request and
-client of the upstream; concurrent requests for the same scope wait for one token fetch.
+client of the upstream; concurrent requests for the same scope wait for one token fetch. Both are bounded, however
+many repositories are pulled: the cache keeps the most recently used tokens (expired ones go first), and a fetch is
+forgotten once it is done.
 
 Only the upstream's own responses teach it how to authenticate, and only the upstream's own host and the token
 realms in its configuration (:class:`AllowedHosts`) ever see its credentials: a request to any other origin (a blob
 redirect target) passes through untouched, and a challenge naming a realm outside the configuration is refused
-before any connection is made to it.
+before any connection is made to it. Nor do credentials for an https upstream ever travel in clear text: a realm on
+plain http is refused too, when there are credentials to send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,9 +28,13 @@ import httpx
 
 from proxy.errors import RegistryError
 from proxy.upstream.challenge import Challenge, parse_challenges
-from proxy.upstream.hosts import AllowedHosts
+from proxy.upstream.hosts import AllowedHosts, HostRefused
+from proxy.upstream.pool import Congested
+from proxy.upstream.sanitize import printable
 
 __all__ = ["RegistryAuth", "scope_for_path"]
+
+log = logging.getLogger(__name__)
 
 _REPOSITORY_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]+")
 
@@ -33,11 +42,17 @@ _REPOSITORY_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]
 _MIN_TOKEN_LIFETIME = 60.0
 # Renew a little early so that a token never expires between being picked and being checked upstream.
 _RENEW_MARGIN = 0.1
+# Tokens kept, one per repository pulled: enough for every repository a busy CI pulls within a token's lifetime
+# (Docker Hub's: 5 minutes), a few MB at most (a token is a JWT of one to a few KB).
+MAX_CACHED_TOKENS = 1024
 
 
 def scope_for_path(path: str) -> str | None:
     match = _REPOSITORY_PATH.fullmatch(path)
     return f"repository:{match.group(1)}:pull" if match else None
+
+
+_Key = tuple[str, str, str]  # realm, service, scope
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,8 @@ class RegistryAuth(httpx.Auth):
         self._bearer: Challenge | None = None  # the upstream's Bearer challenge, once seen
         self._basic_only = False
         self._pinged = False
-        self._tokens: dict[tuple[str, str, str], _Token] = {}
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._tokens: OrderedDict[_Key, _Token] = OrderedDict()  # least recently used first
+        self._fetches: dict[_Key, asyncio.Task[_Token]] = {}  # in progress only
         self.token_fetches = 0
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
@@ -125,7 +140,7 @@ class RegistryAuth(httpx.Auth):
             self._basic_only = True
         return bearer
 
-    def _key(self, challenge: Challenge, scope: str) -> tuple[str, str, str]:
+    def _key(self, challenge: Challenge, scope: str) -> _Key:
         return challenge.params["realm"], challenge.params.get("service", ""), scope
 
     def _forget(self, challenge: Challenge, scope: str, token: _Token) -> None:
@@ -136,16 +151,36 @@ class RegistryAuth(httpx.Auth):
     async def _token(self, challenge: Challenge, scope: str) -> _Token:
         key = self._key(challenge, scope)
         cached = self._tokens.get(key)
-        if cached is not None and cached.expires > self._clock():
-            return cached
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            cached = self._tokens.get(key)
-            if cached is not None and cached.expires > self._clock():
+        if cached is not None:
+            if cached.expires > self._clock():
+                self._tokens.move_to_end(key)
                 return cached
-            token = await self._fetch(challenge, scope)
-            self._tokens[key] = token
-            return token
+            del self._tokens[key]
+        fetch = self._fetches.get(key)
+        if fetch is None:
+            # Its own task: one fetch for everyone who wants this scope now, which none of them can cancel for the
+            # others; it fails them all alike (a token service that is down is asked once, not once per waiter).
+            fetch = asyncio.create_task(self._fetch_and_keep(key, challenge, scope))
+            self._fetches[key] = fetch
+            fetch.add_done_callback(lambda done: self._fetched(key, done))
+        return await asyncio.shield(fetch)
+
+    async def _fetch_and_keep(self, key: _Key, challenge: Challenge, scope: str) -> _Token:
+        token = await self._fetch(challenge, scope)
+        self._tokens[key] = token
+        self._tokens.move_to_end(key)
+        now = self._clock()
+        while self._tokens and next(iter(self._tokens.values())).expires <= now:
+            self._tokens.popitem(last=False)
+        while len(self._tokens) > MAX_CACHED_TOKENS:
+            self._tokens.popitem(last=False)
+        return token
+
+    def _fetched(self, key: _Key, fetch: asyncio.Task[_Token]) -> None:
+        if self._fetches.get(key) is fetch:
+            del self._fetches[key]
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved here, so a failure nobody is left to await is not logged as lost
 
     async def _fetch(self, challenge: Challenge, scope: str) -> _Token:
         try:
@@ -154,6 +189,15 @@ class RegistryAuth(httpx.Auth):
             raise RegistryError.bad_gateway(f"upstream {self._host} sent an unusable token realm") from None
         # Before any connection: a realm outside the configuration gets neither a request nor the credentials.
         self._allowed.check_realm(realm)
+        if self._basic is not None and self._origin[0] == "https" and realm.scheme != "https":
+            # The configuration trusts the host, not clear text: credentials for an https upstream stay encrypted.
+            host = printable(realm.host)
+            why = (
+                f"upstream {self._host} named a token realm on plain http ({host}); the proxy sends the credentials"
+                " of an https upstream over https only: it did not connect"
+            )
+            log.warning("%s", why)
+            raise HostRefused(why)
         params: dict[str, str] = {}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
@@ -167,6 +211,9 @@ class RegistryAuth(httpx.Auth):
         started = self._clock()
         try:
             response = await self._token_client.get(realm, params=params, headers=headers)
+        except httpx.PoolTimeout:
+            # Waiting for a pooled connection is our congestion, not the token service (or the upstream) failing.
+            raise Congested(f"too many token requests for {self._host} in flight") from None
         except httpx.TimeoutException:
             raise RegistryError.gateway_timeout(f"token service of {self._host} timed out") from None
         except httpx.TransportError as exc:

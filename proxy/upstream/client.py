@@ -3,12 +3,18 @@
 Blob redirects are followed here, not by httpx, so that each hop is checked before it is made: a target must be
 the upstream's own host or one of its configured ``redirect_hosts``, gets a fresh request with no credentials, and
 whatever it answers is a failed download at worst, never a challenge the upstream's auth learns from.
+
+Every request is admitted by the upstream's :class:`~proxy.upstream.pool.RequestPool` first and holds its place
+(a :class:`~proxy.upstream.pool.Lease`) until its response is closed; a blob download holds it while it streams.
+Waiting for that turn, or for a pooled connection, is the proxy's congestion: it never counts against the upstream's
+circuit breaker.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +24,8 @@ from proxy.errors import RegistryError
 from proxy.media_types import Accept, base_media_type
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.hosts import AllowedHosts, HostRefused, host_of
+from proxy.upstream.limiter import Limiter
+from proxy.upstream.pool import Congested, Lease, RequestPool
 from proxy.upstream.sanitize import retry_after, upstream_error
 from storage.digest import Digest, InvalidDigest
 
@@ -74,22 +82,35 @@ class DownloadInterrupted(Exception):
 
 
 class BlobDownload:
-    """An open upstream blob response; iterate the raw (undecoded) bytes, then close."""
+    """An open upstream blob response; iterate the raw (undecoded) bytes, then close: closing gives its connection and
+    its place among the upstream's requests back."""
 
-    def __init__(self, response: httpx.Response, size: int | None, offset: int) -> None:
-        self._response = response
+    def __init__(self, lease: Lease, size: int | None, offset: int) -> None:
+        self._lease = lease
         self.size = size  # of the whole blob, when the upstream said
         self.offset = offset
+        # A download dropped unclosed would hold its connection and its slot for good: close it when collected.
+        self._finalizer = weakref.finalize(self, _dropped, lease)
+        self._finalizer.atexit = False  # at exit there is no event loop, and nothing left to give back
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._lease.response.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
             raise DownloadInterrupted(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        self._finalizer.detach()
+        await self._lease.aclose()
+
+
+def _dropped(lease: Lease) -> None:
+    try:
+        lease.abandon()
+    except RuntimeError:
+        return  # no event loop left (the process is exiting): nothing to give back
+    log.warning("an upstream blob download was dropped without being closed; closed it")
 
 
 class UpstreamRegistry:
@@ -100,33 +121,36 @@ class UpstreamRegistry:
         token_client: httpx.AsyncClient,
         breaker: CircuitBreaker | None = None,
         allowed: AllowedHosts | None = None,
+        pool: RequestPool | None = None,
     ) -> None:
         """``client`` has the upstream as base URL, its auth and its timeouts, and must not follow redirects itself;
-        ``allowed``: where blob downloads may be redirected besides the upstream's own host (nowhere if not given)."""
+        ``allowed``: where blob downloads may be redirected besides the upstream's own host (nowhere if not given);
+        ``pool``: admits requests, and must not admit more than ``client``'s pool has connections (httpx's default,
+        100, if not given)."""
         self.registry = registry
         self._client = client
         self._token_client = token_client
         self._breaker = breaker or CircuitBreaker(registry)
         self._allowed = allowed or AllowedHosts(registry, host_of(client.base_url))
+        self._pool = pool or RequestPool(registry, Limiter(100), queue_timeout=60.0)
 
     async def aclose(self) -> None:
         await self._client.aclose()
         await self._token_client.aclose()
 
     async def head_manifest(self, repository: str, reference: str, accept: Accept) -> ManifestHead:
-        response = await self._send("HEAD", f"/v2/{repository}/manifests/{reference}", _accept(accept), what=reference)
-        await response.aclose()
+        lease = await self._send("HEAD", f"/v2/{repository}/manifests/{reference}", _accept(accept), what=reference)
+        await lease.aclose()
+        response = lease.response
         digest = _header_digest(response)
         size = _content_length(response)
         return ManifestHead(digest, base_media_type(response.headers.get("content-type", "")), size)
 
     async def get_manifest(self, repository: str, reference: str, accept: Accept) -> FetchedManifest:
         path = f"/v2/{repository}/manifests/{reference}"
-        response = await self._send("GET", path, _accept(accept), what=reference)
-        try:
-            body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"manifest {repository}:{reference}", raw=True)
-        finally:
-            await response.aclose()
+        lease = await self._send("GET", path, _accept(accept), what=reference)
+        response = lease.response
+        body = await _read(lease, MAX_MANIFEST_SIZE, f"manifest {repository}:{reference}", raw=True)
         computed = Digest.of(body)
         announced = _header_digest(response)
         if announced is not None and announced.algorithm == "sha256" and announced != computed:
@@ -137,19 +161,21 @@ class UpstreamRegistry:
         return FetchedManifest(computed, media_type, body)
 
     async def head_blob(self, repository: str, digest: Digest) -> int | None:
-        response = await self._send("HEAD", f"/v2/{repository}/blobs/{digest}", {}, what=str(digest), redirects=True)
-        await response.aclose()
-        return _content_length(response)
+        lease = await self._send("HEAD", f"/v2/{repository}/blobs/{digest}", {}, what=str(digest), redirects=True)
+        await lease.aclose()
+        return _content_length(lease.response)
 
     async def open_blob(self, repository: str, digest: Digest, offset: int = 0) -> BlobDownload:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         path = f"/v2/{repository}/blobs/{digest}"
-        response = await self._send("GET", path, headers, what=str(digest), redirects=True)
+        # A stream: it keeps its slot (and its connection) until the blob is read and closed.
+        lease = await self._send("GET", path, headers, what=str(digest), redirects=True, streaming=True)
+        response = lease.response
         if offset and response.status_code != 206:
-            await response.aclose()
+            await lease.aclose()
             raise RegistryError.bad_gateway(f"upstream ignored a range request for {digest}")
         size = _total_size(response) if offset else _content_length(response)
-        return BlobDownload(response, size, offset)
+        return BlobDownload(lease, size, offset)
 
     async def get_tags(self, repository: str, n: int | None, last: str | None) -> TagPage:
         params: dict[str, str] = {}
@@ -159,12 +185,9 @@ class UpstreamRegistry:
             params["last"] = last
         path = f"/v2/{repository}/tags/list"
         headers = {"Accept": "application/json"}
-        response = await self._send("GET", path, headers, what=repository, params=params)
-        try:
-            body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"tag list of {repository}")
-        finally:
-            await response.aclose()
-        return TagPage(body, response.headers.get("link"))
+        lease = await self._send("GET", path, headers, what=repository, params=params)
+        body = await _read(lease, MAX_MANIFEST_SIZE, f"tag list of {repository}")
+        return TagPage(body, lease.response.headers.get("link"))
 
     async def get_referrers(
         self, repository: str, subject: Digest, params: dict[str, str] | None = None
@@ -172,11 +195,9 @@ class UpstreamRegistry:
         """The first page of referrers, or the page that ``params`` (the query of the upstream's Link) names."""
         path = f"/v2/{repository}/referrers/{subject}"
         headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
-        response = await self._send("GET", path, headers, what=str(subject), params=params)
-        try:
-            body = await _read_bounded(response, MAX_MANIFEST_SIZE, f"referrers of {repository}@{subject}")
-        finally:
-            await response.aclose()
+        lease = await self._send("GET", path, headers, what=str(subject), params=params)
+        response = lease.response
+        body = await _read(lease, MAX_MANIFEST_SIZE, f"referrers of {repository}@{subject}")
         media_type = (
             base_media_type(response.headers.get("content-type", "")) or "application/vnd.oci.image.index.v1+json"
         )
@@ -191,35 +212,44 @@ class UpstreamRegistry:
         what: str,
         params: dict[str, str] | None = None,
         redirects: bool = False,
-    ) -> httpx.Response:
-        """A successful response, still open (the caller reads and closes it), or a raised RegistryError."""
+        streaming: bool = False,
+    ) -> Lease:
+        """A successful response, still open on its lease (the caller reads it and closes the lease), or a raised
+        RegistryError."""
+        self._check_breaker()
+        lease = await self._pool.lease(streaming=streaming)
+        try:
+            # Again: the upstream may have been found failing while this request waited for its turn.
+            self._check_breaker()
+            request = self._client.build_request(method, path, headers=headers, params=params)
+            response = await self._exchange(lease, request, f"upstream {self.registry}", upstream=True)
+            if response.status_code >= 500:
+                self._breaker.failure()
+            else:
+                self._breaker.success()
+            if redirects and response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
+                await self._follow(lease, method, headers, what)
+                return lease
+            if 200 <= response.status_code < 300:
+                return lease
+            body = b""
+            try:
+                body = await lease.run(_read_bounded(response, 64 * 1024, "error body"))
+            except (RegistryError, httpx.HTTPError):
+                pass  # the status alone is enough to report the error
+            raise _error_for(self.registry, path, what, response.status_code, response.headers, body)
+        except BaseException:
+            await lease.aclose()
+            raise
+
+    def _check_breaker(self) -> None:
         if wait := self._breaker.open_for():
             raise RegistryError.unavailable(f"upstream {self.registry} is failing; next attempt in {wait:.0f} s")
-        request = self._client.build_request(method, path, headers=headers, params=params)
-        response = await self._exchange(request, f"upstream {self.registry}", upstream=True)
-        if response.status_code >= 500:
-            self._breaker.failure()
-        else:
-            self._breaker.success()
-        if redirects and response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
-            return await self._follow(response, method, headers, what)
-        if 200 <= response.status_code < 300:
-            return response
-        body = b""
-        try:
-            body = await _read_bounded(response, 64 * 1024, "error body")
-        except (RegistryError, httpx.HTTPError):
-            pass  # the status alone is enough to report the error
-        finally:
-            await response.aclose()
-        raise _error_for(self.registry, path, what, response.status_code, response.headers, body)
 
-    async def _follow(
-        self, response: httpx.Response, method: str, headers: dict[str, str], what: str
-    ) -> httpx.Response:
-        """Follow the upstream's redirect of a blob request: the final response, open, if it is a success."""
+    async def _follow(self, lease: Lease, method: str, headers: dict[str, str], what: str) -> None:
+        """Follow the upstream's redirect of a blob request, on the same lease: its final response is a success."""
         for _ in range(MAX_REDIRECTS):
-            await response.aclose()  # nothing to read from a redirect: give its connection back to the pool
+            response = lease.response
             try:
                 url = response.url.join(response.headers["location"])
             except httpx.InvalidURL:
@@ -227,28 +257,29 @@ class UpstreamRegistry:
                 raise RegistryError.bad_gateway(why) from None
             self._allowed.check_redirect(url)
             # Built afresh: only the headers we chose (Range) plus the client's defaults, the timeouts, and no
-            # credentials (auth=None), whatever host it is.
+            # credentials (auth=None), whatever host it is. Sending it first closes the redirect, whose connection
+            # goes back to the pool: there is nothing to read from it.
             hop = self._client.build_request(method, url, headers=headers)
             target = f"redirect target {host_of(url)} of upstream {self.registry}"
-            response = await self._exchange(hop, target, upstream=False)
+            response = await self._exchange(lease, hop, target, upstream=False)
             if 200 <= response.status_code < 300:
-                return response
+                return
             if response.status_code not in _REDIRECT_STATUSES or "location" not in response.headers:
-                await response.aclose()
                 # Its status only: a redirect target's words never reach a client, nor its challenges our auth.
                 raise RegistryError.bad_gateway(f"download of {what} failed: {target} answered {response.status_code}")
-        await response.aclose()
         raise RegistryError.bad_gateway(f"upstream {self.registry} redirected {what} more than {MAX_REDIRECTS} times")
 
-    async def _exchange(self, request: httpx.Request, peer: str, *, upstream: bool) -> httpx.Response:
+    async def _exchange(self, lease: Lease, request: httpx.Request, peer: str, *, upstream: bool) -> httpx.Response:
         """Send one request; transport failures become registry errors (counted by the breaker if ``upstream``)."""
         try:
             if upstream:
-                return await self._client.send(request, stream=True, follow_redirects=False)
-            return await self._client.send(request, stream=True, follow_redirects=False, auth=None)
+                return await lease.send(self._client, request)
+            return await lease.send(self._client, request, auth=None)
         except httpx.PoolTimeout:
-            # Every pooled connection is busy (many downloads at once): our congestion, not the upstream failing.
-            raise RegistryError.unavailable(f"too many requests to upstream {self.registry} in flight") from None
+            # Cannot happen while the pool has a connection for every slot: if it does, connections are being lost
+            # (see proxy.upstream.pool). Our trouble either way, not the upstream failing.
+            log.error("no pooled connection to %s within the pool timeout, though the request had its turn", peer)
+            raise Congested(f"too many requests to upstream {self.registry} in flight") from None
         except httpx.TimeoutException:
             self._failure(upstream)
             raise RegistryError.gateway_timeout(f"{peer} timed out") from None
@@ -258,8 +289,10 @@ class UpstreamRegistry:
         except httpx.HTTPError as exc:
             self._failure(upstream)
             raise RegistryError.bad_gateway(f"{peer} failed: {type(exc).__name__}") from None
-        except HostRefused:
-            raise  # a configuration matter, not an outage: the breaker would only hide the message
+        except (HostRefused, Congested):
+            # A configuration matter, or the proxy's own congestion (the token service's pool): not an outage of
+            # the upstream, and the breaker would only hide the message.
+            raise
         except RegistryError as exc:
             # Raised by the token flow: its service being down is the upstream being down.
             if exc.status >= 500:
@@ -307,6 +340,14 @@ def _suffix(code: str | None, message: str | None) -> str:
 def _repository_of(path: str) -> str:
     # "/v2/<repository>/<kind>/<ref>" → "<repository>"
     return path.removeprefix("/v2/").rsplit("/", 2)[0]
+
+
+async def _read(lease: Lease, limit: int, what: str, raw: bool = False) -> bytes:
+    """The body of the lease's response, bounded; the lease is closed either way."""
+    try:
+        return await lease.run(_read_bounded(lease.response, limit, what, raw))
+    finally:
+        await lease.aclose()
 
 
 async def _read_bounded(response: httpx.Response, limit: int, what: str, raw: bool = False) -> bytes:

@@ -27,11 +27,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class HostRefused(RegistryError):
-    """The upstream named a host outside its configuration; no connection was made to it."""
+    """The upstream named a host the proxy will not go to (outside its configuration, or not safely); no connection
+    was made to it."""
 
-    def __init__(self, registry: str, what: str, host: str, key: str) -> None:
-        # The host only, never the rest of the URL: a signed query string is a credential of sorts.
-        why = f"upstream {registry} {what} {printable(host)}, which is not in its {key}: the proxy did not connect"
+    def __init__(self, why: str) -> None:
         super().__init__(502, "UPSTREAM_ERROR", why)
 
 
@@ -65,7 +64,9 @@ class AllowedHosts:
             raise self._refuse("named the token realm", host, "token_realms")
 
     def _refuse(self, what: str, host: str, key: str) -> HostRefused:
-        refused = HostRefused(self.registry, what, host, key)
+        # The host only, never the rest of the URL: a signed query string is a credential of sorts.
+        why = f"upstream {self.registry} {what} {printable(host)}, which is not in its {key}: the proxy did not connect"
+        refused = HostRefused(why)
         # The operator's cue: either the upstream misbehaves, or the configuration lacks a host it really uses.
         log.warning("%s", refused.message)
         return refused

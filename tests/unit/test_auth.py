@@ -7,9 +7,10 @@ import httpx
 import pytest
 
 from proxy.errors import RegistryError
-from proxy.upstream.auth import RegistryAuth, scope_for_path
-from proxy.upstream.challenge import parse_challenges
+from proxy.upstream.auth import MAX_CACHED_TOKENS, RegistryAuth, scope_for_path
+from proxy.upstream.challenge import Challenge, parse_challenges
 from proxy.upstream.hosts import AllowedHosts
+from proxy.upstream.pool import Congested
 from tests.unit.fakes import REALM, REGISTRY, FakeRegistry
 
 # The fake registry's token service is on another host, as Docker Hub's is: configured, as Docker Hub's is.
@@ -229,3 +230,120 @@ async def test_a_realm_url_matches_exactly(realm: str) -> None:
         await pull_with_realm("https://registry-1.docker.io", realm, allowed, token_requests)
     assert info.value.status == 502
     assert token_requests == []
+
+
+# -- bounded state (issue 8, item 5) --------------------------------------------------------------------------------
+
+TOKEN_ANSWER = httpx.Response(200, json={"token": "t" * 1000, "expires_in": 300})
+
+
+class InstantTokens(httpx.AsyncClient):
+    """A token service that answers at once, without a transport: 100,000 fetches in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches = 0
+
+    async def get(self, url, *args, **kwargs):
+        self.fetches += 1
+        return TOKEN_ANSWER
+
+
+BEARER = Challenge("bearer", {"realm": REALM, "service": "registry.example.com"})
+
+
+async def test_tokens_and_fetches_stay_bounded_across_100000_repositories() -> None:
+    async with InstantTokens() as token_client:
+        auth = RegistryAuth(REGISTRY, token_client, allowed=ALLOWED)
+        for batch in range(100):  # 100 x 1000 distinct repositories, 1000 at a time
+            scopes = [f"repository:team{batch}/app{i}:pull" for i in range(1000)]
+            tokens = await asyncio.gather(*(auth._token(BEARER, scope) for scope in scopes))
+            assert {t.value for t in tokens} == {"t" * 1000}
+            assert len(auth._tokens) <= MAX_CACHED_TOKENS
+            assert auth._fetches == {}  # only fetches in progress are kept
+        assert token_client.fetches == 100_000
+        assert len(auth._tokens) == MAX_CACHED_TOKENS
+
+
+async def test_the_least_recently_used_token_goes_first_and_expired_ones_before_it() -> None:
+    clock = Clock()
+    async with InstantTokens() as token_client:
+        auth = RegistryAuth(REGISTRY, token_client, clock=clock, allowed=ALLOWED)
+        for i in range(MAX_CACHED_TOKENS):
+            await auth._token(BEARER, f"repository:r{i}:pull")
+        await auth._token(BEARER, "repository:r0:pull")  # used again: now the most recent
+        await auth._token(BEARER, "repository:new:pull")  # one too many: r1 goes, not r0
+        assert token_client.fetches == MAX_CACHED_TOKENS + 1
+        await auth._token(BEARER, "repository:r0:pull")
+        assert token_client.fetches == MAX_CACHED_TOKENS + 1
+        await auth._token(BEARER, "repository:r1:pull")
+        assert token_client.fetches == MAX_CACHED_TOKENS + 2
+
+        clock.now += 300  # every token has expired: the next fetch drops them all
+        await auth._token(BEARER, "repository:later:pull")
+        assert len(auth._tokens) == 1
+
+
+async def test_concurrent_waiters_share_one_failed_fetch() -> None:
+    token_requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token_requests.append(request)
+        return httpx.Response(500)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client, allowed=ALLOWED)
+        results = await asyncio.gather(
+            *(auth._token(BEARER, "repository:a:pull") for _ in range(20)), return_exceptions=True
+        )
+    assert all(isinstance(r, RegistryError) and r.status == 502 for r in results)
+    assert len(token_requests) == 1  # a token service in trouble is asked once, not once per waiter
+    assert auth._fetches == {}
+
+
+async def test_waiting_for_a_pooled_token_connection_is_congestion_not_an_outage() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection free", request=request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as token_client:
+        auth = RegistryAuth(REGISTRY, token_client, allowed=ALLOWED)
+        with pytest.raises(Congested) as info:
+            await auth._token(BEARER, "repository:a:pull")
+    assert (info.value.status, info.value.code) == (503, "UPSTREAM_UNAVAILABLE")
+
+
+# -- no credentials in clear text ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("realm", "configured"),
+    [
+        ("http://registry.example.co.uk/token", ()),  # the upstream's own host, on plain http
+        ("http://registry.example.co.uk:8080/token", ()),
+        ("http://auth.example.co.uk/token", ("auth.example.co.uk",)),  # a configured host: trusted, but not in clear
+        ("http://auth.example.co.uk/token", ("http://auth.example.co.uk/token",)),  # even when configured as http
+    ],
+)
+async def test_credentials_of_an_https_upstream_never_go_to_a_plain_http_realm(
+    realm: str, configured: tuple[str, ...]
+) -> None:
+    upstream = "https://registry.example.co.uk"
+    allowed = AllowedHosts.for_url("r", upstream, token_realms=configured)
+    token_requests: list[httpx.Request] = []
+    with pytest.raises(RegistryError) as info:
+        await pull_with_realm(upstream, realm, allowed, token_requests)
+    assert (info.value.status, info.value.code) == (502, "UPSTREAM_ERROR")
+    assert "plain http" in info.value.message
+    assert token_requests == []  # not even a connection
+
+
+async def test_an_anonymous_pull_may_use_a_plain_http_realm() -> None:
+    # Nothing secret to send: the token comes back over http, and goes to the upstream over https.
+    token_requests: list[httpx.Request] = []
+    transport = challenged_by("http://registry.example.co.uk/token", token_requests)
+    async with httpx.AsyncClient(transport=transport) as token_client:
+        auth = RegistryAuth("https://registry.example.co.uk", token_client)
+        async with httpx.AsyncClient(base_url="https://registry.example.co.uk", auth=auth, transport=transport) as c:
+            assert (await c.get("/v2/x/manifests/1")).status_code == 200
+    [token_request] = token_requests
+    assert "authorization" not in token_request.headers

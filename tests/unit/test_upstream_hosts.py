@@ -23,7 +23,8 @@ from tests.unit.conftest import ClientFactory
 from tests.unit.fakes import CDN, FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, REGISTRY, FakeRegistry, sha256
 
 LAYER = sha256(b"layer-bytes" * 1000)  # in the conftest's fake
-TIMEOUTS = {"connect": 3.0, "read": 7.0, "write": 7.0, "pool": 7.0}
+# A request waits its turn before it is sent, and then has a pooled connection ready: the pool wait is a connect's.
+TIMEOUTS = {"connect": 3.0, "read": 7.0, "write": 7.0, "pool": 3.0}
 
 Handler = Callable[[httpx.Request], httpx.Response]
 ProxyFactory = Callable[..., TestClient]
