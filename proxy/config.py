@@ -49,6 +49,8 @@ class ServerSettings:
     max_header_bytes: int = 64 * 1024
     # None: sized from the open-files limit at start-up.
     max_connections: int | None = None
+    # Worker processes serving on the one socket; None: one per CPU.
+    workers: int | None = 1
     # Serve HTTPS with this certificate chain and key (PEM); re-read on SIGHUP and when the files change.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -216,10 +218,17 @@ class _Reader:
             "server",
             {
                 "host", "port", "header_timeout", "keep_alive", "send_timeout", "max_header_bytes", "max_connections",
-                "tls_cert", "tls_key",
+                "tls_cert", "tls_key", "workers",
             },
         )  # fmt: skip
         tls = {name: self._get(server, "server", name, str, None) for name in ("tls_cert", "tls_key")}
+        workers_raw = server.get("workers", ServerSettings.workers)
+        if workers_raw == "auto":
+            workers = None
+        elif isinstance(workers_raw, int) and not isinstance(workers_raw, bool) and 1 <= workers_raw <= 256:
+            workers = workers_raw
+        else:
+            raise self._fail("server.workers", f'expected a number from 1 to 256 or "auto", got {workers_raw!r}')
         if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
             raise self._fail("server.tls_cert", "set tls_cert and tls_key together")
         port = self._get(server, "server", "port", int, ServerSettings.port)
@@ -257,6 +266,7 @@ class _Reader:
                 port=port,
                 max_header_bytes=max_header_bytes,
                 max_connections=max_connections,
+                workers=workers,
                 tls_cert=Path(tls["tls_cert"]) if tls["tls_cert"] else None,
                 tls_key=Path(tls["tls_key"]) if tls["tls_key"] else None,
                 **timeouts,

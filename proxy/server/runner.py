@@ -8,6 +8,8 @@ are one line on stderr naming the key, and exit status 2, never a traceback; see
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -20,6 +22,7 @@ from proxy.config import Settings
 from proxy.server.connections import ConnectionLimits, auto_max_connections, guarded_protocol, raise_descriptor_limit
 from proxy.server.tls import TlsReloader, check_tls_files
 from proxy.server.uvicorn_internals import unsupported
+from proxy.server.workers import supervise
 from proxy.server.zerocopy import ZeroCopyMiddleware
 from storage.preflight import check_root
 
@@ -45,9 +48,19 @@ def serve(settings: Settings, log_level: str) -> int:
     except StartupRefused as exc:
         print(f"registry-proxy: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    server = build_server(settings, log_level)
+    # SIGHUP means "reload the certificate" (proxy.server.tls takes it over when TLS is on); never "hang up".
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    workers = settings.server.workers or os.cpu_count() or 1
     with listener:
-        server.run(sockets=[listener])
+        if workers == 1:
+            return _run(settings, log_level, listener)
+        log.info("serving on %s:%d with %d worker processes", settings.server.host, settings.server.port, workers)
+        return supervise(workers, lambda _number: _run(settings, log_level, listener))
+
+
+def _run(settings: Settings, log_level: str, listener: socket.socket) -> int:
+    server = build_server(settings, log_level)
+    server.run(sockets=[listener])
     return EXIT_OK if server.started else EXIT_FAILURE
 
 
