@@ -83,33 +83,34 @@ def curl_download(
             raise DownloadError(f"curl exited with {result.returncode}: {result.stderr.strip()}")
         return _curl_download(result.stdout, None)
     # %{stderr}: the figures go to stderr, since stdout carries the body to openssl.
-    curl = subprocess.Popen(
-        [*command, "--write-out", "%{stderr}" + write_out, url],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert curl.stdout is not None and curl.stderr is not None
-    try:
-        openssl = subprocess.run(
-            ["openssl", "dgst", "-sha256", "-r"],
-            stdin=curl.stdout,
-            capture_output=True,
-            text=True,
-            timeout=timeout + 10,
-            check=False,
-        )
-        # Ours closed, openssl's end is the only reader left: curl gets SIGPIPE if openssl dies.
+    with (
+        subprocess.Popen(
+            [*command, "--write-out", "%{stderr}" + write_out, url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as curl,
+        subprocess.Popen(
+            ["openssl", "dgst", "-sha256", "-r"], stdin=curl.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as openssl,
+    ):
+        assert curl.stdout is not None and curl.stderr is not None
+        # Only openssl reads curl's output now: if openssl dies, curl gets SIGPIPE rather than blocking forever.
         curl.stdout.close()
-        curl_stderr = curl.stderr.read().decode(errors="replace")
-        curl.wait(timeout=10)
-    finally:
-        if curl.poll() is None:
+        try:
+            hashed, openssl_stderr = openssl.communicate(timeout=timeout + 10)
+            curl_stderr = curl.stderr.read().decode(errors="replace")
+            curl.wait(timeout=10)
+        except subprocess.TimeoutExpired as exc:
             curl.kill()
-            curl.wait(timeout=5)
+            openssl.kill()
+            raise DownloadError(f"curl | openssl still running after {timeout + 10:.0f} s") from exc
     if curl.returncode != 0 or openssl.returncode != 0:
-        raise DownloadError(f"curl exited with {curl.returncode}, openssl with {openssl.returncode}: {curl_stderr}")
-    return _curl_download(curl_stderr, "sha256:" + openssl.stdout.split()[0])
+        raise DownloadError(
+            f"curl exited with {curl.returncode}, openssl with {openssl.returncode}: "
+            f"{curl_stderr.strip()} {openssl_stderr.decode(errors='replace').strip()}"
+        )
+    return _curl_download(curl_stderr, "sha256:" + hashed.decode().split()[0])
 
 
 def _curl_download(write_out: str, digest: str | None) -> Download:
