@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 
 from bench.figures import DISTRIBUTION, PROXY, SUBJECT_NAMES
-from bench.report import Report
+from bench.report import Report, busy
 
 __all__ = ["draw_chart"]
 
@@ -61,7 +61,8 @@ def draw_chart(report: Report, path: Path) -> None:
                 report.date,
                 f"{settings['big_layer_mib']} MiB blob, {settings['runs']} run(s) each,",
                 f"wrk {settings['wrk_seconds']:g} s x {settings['connections']} connections",
-                f"{machine['cpu_count']} CPUs, load {report.load['before'][0]:.2f} at start",
+                f"{machine['cpu_count']} CPUs, load {report.load['before'][0]:.2f} at start"
+                + (" (busy: noisy)" if busy(report) else ""),
                 f"Distribution {machine['versions']['distribution']}, nginx {machine['versions']['nginx']}",
                 f"{sum(v.met for v in verdicts)} of {len(verdicts)} targets met",
             ]

@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--seconds", type=float, help=f"length of each wrk run (default {FULL.wrk_seconds:g})")
     parser.add_argument("--client", choices=["curl", "socket"], help="blob client: curl | openssl (default) or a "
                         "lean Python socket reader")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON and PNG go")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results", help="where the JSON and PNG go (bench/results)"
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
     overrides = {

@@ -12,7 +12,7 @@ from typing import Any
 from bench.figures import DISTRIBUTION, NGINX, PROXY, SUBJECT_NAMES, UPSTREAM, Measured, Unit
 from bench.targets import Verdict
 
-__all__ = ["Report", "format_figure", "format_table", "result_paths", "write_json"]
+__all__ = ["Report", "busy", "format_figure", "format_table", "result_paths", "write_json"]
 
 # Same-day results get -2, -3...: a bound so that a full directory cannot make the search loop long.
 MAX_RESULTS_PER_DAY = 1000
@@ -50,8 +50,10 @@ def format_table(report: Report) -> str:
         f"{settings['runs']} run(s) each (median; worst run for GETs and RSS), wrk {settings['wrk_seconds']:g} s, "
         f"client {settings['client']}; {report.machine['cpu_count']} CPUs, load {report.load['before'][0]:.2f} "
         f"before, {report.load['after'][0]:.2f} after",
-        "",
     ]
+    if busy(report):
+        lines.append("The machine was busy before the run started: these figures are noisy.")
+    lines.append("")
     columns = (PROXY, DISTRIBUTION)
     widths = (52, 18, 20)
     header = ["figure", *(SUBJECT_NAMES[s] for s in columns), "reference"]
@@ -76,6 +78,12 @@ def format_table(report: Report) -> str:
     met = sum(v.met for v in report.verdicts)
     lines += ["", f"{met} of {len(report.verdicts)} targets met."]
     return "\n".join(lines)
+
+
+def busy(report: Report) -> bool:
+    """Whether other work was loading the machine (over half its CPUs) when the run began."""
+    cpus = report.machine.get("cpu_count") or 1
+    return report.load["before"][0] > cpus / 2
 
 
 def result_paths(out_dir: Path, date: str) -> tuple[Path, Path]:
