@@ -17,11 +17,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.harness.images import seed
+from bench.upstream import seeded_upstream
 from tests.harness.proxy_server import ProxyServer
-from tests.harness.registry import DistributionRegistry
 from tests.harness.skopeo import read_dir_layout, skopeo_copy
-from tests.harness.tokens import TokenIssuer
 
 
 def timed_pull(ref: str, dest: Path, expected_digest: str) -> float:
@@ -47,8 +45,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-pull-") as tmp:
         work = Path(tmp)
-        with TokenIssuer(work / "issuer") as issuer, DistributionRegistry(work / "upstream", issuer) as upstream:
-            image = seed(upstream, work / "images", big_layer_mib=args.mib)["big"]
+        with seeded_upstream(work, args.mib) as seeded:
+            upstream, image = seeded.registry, seeded.big
             print(f"image {image.ref}: {sum(b.size for b in image.blobs) / 2**20:.1f} MiB in {len(image.blobs)} blobs")
             direct, cold, warm = [], [], []
             for round_ in range(args.rounds):
