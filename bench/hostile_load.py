@@ -11,6 +11,8 @@ flood    2 connections each send up to 300 MB of header lines; prints what they 
 burst    3 bursts of 2000 concurrent GETs of unknown blob digests; during the third, skopeo pulls an uncached
          image through the proxy. Prints the statuses of each burst, the pull's time and digest check, the
          upstream requests the bursts caused, and the proxy's peak RSS.
+names    100,000 manifest requests, each under a repository name never seen before (each costs the proxy a token
+         and an upstream 404); prints the proxy's RSS after 10 %, 50 % and 100 % of them.
 
 Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
 """
@@ -231,9 +233,30 @@ async def burst(proxy: ProxyServer, upstream: DistributionRegistry, images: Imag
     print(f"burst: proxy RSS {rss_mib(pid):.0f} MiB, peak {rss_mib(pid, 'VmHWM'):.0f} MiB")
 
 
+async def names(proxy: ProxyServer, count: int) -> None:
+    """``count`` requests, each under a repository name never seen before: every per-name table in the proxy (tokens,
+    flights, negative answers) would grow with them if it were not bounded."""
+    pid = proxy_pid(proxy)
+    batch = 500
+    marks = {count // 10, count // 2, count}
+    print(f"names: start: proxy RSS {rss_mib(pid):.0f} MiB")
+    statuses: collections.Counter[int] = collections.Counter()
+    started = time.perf_counter()
+    for first in range(0, count, batch):
+        paths = [f"/v2/bench/name-{n}/manifests/1" for n in range(first, min(first + batch, count))]
+        results = await asyncio.gather(*(request_once(proxy.port, path, timeout=60) for path in paths))
+        statuses.update(status for status, _, _ in results)
+        done = first + len(paths)
+        if done in marks:
+            rss, peak = rss_mib(pid), rss_mib(pid, "VmHWM")
+            print(f"names: {done} distinct repositories ({time.perf_counter() - started:.0f} s): "
+                  f"proxy RSS {rss:.0f} MiB, peak {peak:.0f} MiB; statuses {dict(statuses)}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["all", "stalled", "flood", "burst"], default="all")
+    parser.add_argument("--scenario", choices=["all", "stalled", "flood", "burst", "names"], default="all")
+    parser.add_argument("--names", type=int, default=100_000, help="distinct repository names for 'names'")
     parser.add_argument("--mib", type=int, default=200, help="size of the big layer")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -247,6 +270,7 @@ def main() -> None:
                 "stalled": lambda proxy: stalled(proxy, images),
                 "flood": flood,
                 "burst": lambda proxy: burst(proxy, upstream, images, work),
+                "names": lambda proxy: names(proxy, args.names),
             }
             for name, scenario in scenarios.items():
                 if args.scenario in ("all", name):
