@@ -87,7 +87,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             negative = NegativeCache()
             services = Services(
                 router=router,
-                blobs=BlobService(blobs, negative),
+                blobs=BlobService(blobs, index, negative),
                 manifests=ManifestService(blobs, index, negative=negative),
                 tags=TagService(index),
                 referrers=ReferrersService(blobs, index),

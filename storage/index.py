@@ -12,11 +12,12 @@ import aiofiles
 
 from storage.digest import Digest, InvalidDigest
 from storage.files import write_atomic
-from storage.interfaces import ManifestRecord, TagRecord
+from storage.interfaces import ManifestRecord, StorageError, TagRecord
 from storage.paths import (
     MANIFESTS_DIR,
     REPOSITORIES,
     TAGS_DIR,
+    blob_link_path,
     manifest_link_path,
     referrers_path,
     tag_path,
@@ -46,6 +47,16 @@ class FilesystemIndex:
     async def put_manifest(self, registry: str, repository: str, record: ManifestRecord) -> None:
         path = self._root / manifest_link_path(registry, repository, record.digest)
         await write_atomic(path, _dump({"media_type": record.media_type, "size": record.size}))
+
+    async def has_blob(self, registry: str, repository: str, digest: Digest) -> bool:
+        return await asyncio.to_thread(os.path.exists, self._root / blob_link_path(registry, repository, digest))
+
+    async def link_blobs(self, registry: str, repository: str, digests: list[Digest]) -> None:
+        paths = [self._root / blob_link_path(registry, repository, digest) for digest in digests]
+        try:
+            await asyncio.to_thread(_touch_all, paths)
+        except OSError as exc:
+            raise StorageError(f"cannot link blobs to {registry}/{repository}: {exc.strerror}") from exc
 
     async def get_tag(self, registry: str, repository: str, tag: str) -> TagRecord | None:
         return _tag_record(await self._load(self._root / tag_path(registry, repository, tag)))
@@ -106,6 +117,14 @@ class FilesystemIndex:
         except ValueError:
             return None
         return entry if isinstance(entry, dict) else None
+
+
+def _touch_all(paths: list[Path]) -> None:
+    # An empty file says it all; creating one is atomic, and an existing one is left as it is.
+    for path in paths:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
 
 
 def _tag_record(entry: dict[str, Any] | None) -> TagRecord | None:

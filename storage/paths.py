@@ -12,6 +12,10 @@
                                             answer the upstream gave for the tag, and when
         _referrers/<alg>/<hex>              the same for the referrers index of a subject manifest (the
                                             index's bytes are a blob, keyed by their own digest)
+        _layers/<alg>/<hex>                 empty: this repository is known to hold this blob (a layer or
+                                            config of one of its cached manifests, or the upstream served or
+                                            confirmed it under this name); a blob is served under a
+                                            repository only with this link
       .../<name>.<random>.partial           any file above while it is being written; renamed into place
                                             only once complete (and, for blobs, verified). Swept at start-up.
 
@@ -33,6 +37,7 @@ from storage.references import is_registry, is_repository, is_tag
 __all__ = [
     "PARTIAL_SUFFIX",
     "REPOSITORIES",
+    "blob_link_path",
     "blob_path",
     "manifest_link_path",
     "partial_name",
@@ -43,6 +48,7 @@ __all__ = [
 
 REPOSITORIES = "repositories"
 MANIFESTS_DIR = "_manifests"
+LAYERS_DIR = "_layers"
 TAGS_DIR = "_tags"
 
 PARTIAL_SUFFIX = ".partial"
@@ -51,6 +57,11 @@ PARTIAL_SUFFIX = ".partial"
 def blob_path(digest: Digest) -> PurePosixPath:
     _check_digest(digest)
     return PurePosixPath("blobs", digest.algorithm, digest.hex[:2], digest.hex)
+
+
+def blob_link_path(registry: str, repository: str, digest: Digest) -> PurePosixPath:
+    _check_digest(digest)
+    return _repository_dir(registry, repository) / LAYERS_DIR / digest.algorithm / digest.hex
 
 
 def manifest_link_path(registry: str, repository: str, digest: Digest) -> PurePosixPath:

@@ -16,7 +16,7 @@ from proxy.pullthrough.sources import BlobSource, ByteRange
 from proxy.routing import Origin
 from proxy.upstream.client import BlobDownload
 from storage.digest import Digest
-from storage.interfaces import BlobStore, StorageError
+from storage.interfaces import BlobStore, RepositoryIndex, StorageError
 
 __all__ = ["BlobService", "BlobSource", "CachedBlob", "RelayedBlob"]
 
@@ -64,8 +64,12 @@ UpstreamKey = tuple[str, str, Digest]
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, negative: NegativeCache | None = None) -> None:
+    def __init__(self, store: BlobStore, index: RepositoryIndex, negative: NegativeCache | None = None) -> None:
         self._store = store
+        # Which repositories are known to hold which blobs: committed bytes are shared by digest, but a blob is served
+        # under a repository only once that repository is known to hold it (else anyone could read a private
+        # repository's layers through any public name, or another registry's prefix, by asking for the digest).
+        self._index = index
         # The upstream's recent "no such blob" answers: a request that would ask again is answered from here.
         self._negative = negative or NegativeCache()
         # Fills in progress: every request for a blob being downloaded under the same name reads the same fill.
@@ -75,7 +79,7 @@ class BlobService:
 
     async def stat(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await self._cached_size(digest)
-        if size is not None:
+        if size is not None and await self._linked(origin, repository, digest):
             return size
         key = (origin.registry, repository, digest)
         fill = self._fills.get(key)
@@ -85,13 +89,42 @@ class BlobService:
                     return size
             except (RegistryError, StorageError):
                 pass  # the fill's own trouble; a HEAD of our own decides
+        return await self._confirm(origin, repository, digest)
+
+    async def _confirm(self, origin: Origin, repository: str, digest: Digest) -> int:
+        """The blob's size by one upstream HEAD under this repository (shared by concurrent callers); the
+        repository is then known to hold it."""
+        key = (origin.registry, repository, digest)
         self._negative.check(("blob", *key))
         # Concurrent HEADs of one uncached blob share one upstream HEAD, and a HEAD never downloads.
         try:
-            return await self._heads.do(key, lambda: self._head(origin, repository, digest))
+            size = await self._heads.do(key, lambda: self._head(origin, repository, digest))
         except RegistryError as exc:
             self._negative.remember(("blob", *key), exc, origin.not_found_ttl)
             raise
+        await self._link(origin, repository, digest)
+        return size
+
+    async def _linked(self, origin: Origin, repository: str, digest: Digest) -> bool:
+        """Whether a cached blob may be served under this repository: known to hold it, or confirmed upstream now.
+
+        Raises the upstream's answer (404 BLOB_UNKNOWN, 401...) when it says the repository does not have it, or an
+        outage error: a blob the repository is not known to hold is never served on trust.
+        """
+        try:
+            if await self._index.has_blob(origin.registry, repository, digest):
+                return True
+        except (StorageError, OSError) as exc:
+            log.error("cannot check %s/%s holds %s, asking the upstream: %s", origin.registry, repository, digest, exc)
+        await self._confirm(origin, repository, digest)
+        return True
+
+    async def _link(self, origin: Origin, repository: str, digest: Digest) -> None:
+        try:
+            await self._index.link_blobs(origin.registry, repository, [digest])
+        except StorageError as exc:
+            # Only costs another HEAD next time.
+            log.error("cannot record that %s/%s holds %s: %s", origin.registry, repository, digest, exc)
 
     async def _head(self, origin: Origin, repository: str, digest: Digest) -> int:
         size = await origin.remote.head_blob(repository, digest)
@@ -101,7 +134,7 @@ class BlobService:
 
     async def open(self, origin: Origin, repository: str, digest: Digest) -> BlobSource:
         size = await self._cached_size(digest)
-        if size is not None:
+        if size is not None and await self._linked(origin, repository, digest):
             return CachedBlob(self._store, digest, size)
 
         def download(offset: int) -> Awaitable[BlobDownload]:
@@ -124,6 +157,8 @@ class BlobService:
         except StorageError:
             # Logged by the fill. The cache cannot take it, but the client still gets its blob.
             return RelayedBlob(await download(0), digest)
+        # The upstream is serving it under this name: the repository holds it.
+        await self._link(origin, repository, digest)
         return fill
 
     async def _cached_size(self, digest: Digest) -> int | None:

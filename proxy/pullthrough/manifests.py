@@ -22,7 +22,8 @@ from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.negotiation import default_image, not_accepted
 from proxy.pullthrough.singleflight import SingleFlight
 from proxy.routing import Origin
-from proxy.upstream.client import MAX_MANIFEST_SIZE, FetchedManifest
+from proxy.upstream.client import MAX_MANIFEST_SIZE, FetchedManifest, embedded_media_type
+from storage.contents import CONFIG, LAYER, contents_of
 from storage.digest import Digest
 from storage.interfaces import BlobStore, ManifestRecord, RepositoryIndex, StorageError, TagRecord
 
@@ -87,6 +88,8 @@ class ManifestService:
     async def _by_digest(self, origin: Origin, repository: str, digest: Digest) -> Manifest:
         cached = await self._cached(origin, repository, digest)
         if cached is None:
+            cached = await self._confirm_cached(origin, repository, digest)
+        if cached is None:
             # The digest fixes the content, so ask for every type; whether this client accepts it is
             # checked per caller (callers with different Accept headers share this fetch).
             fetched = await self._ask(origin, repository, digest, origin.remote.get_manifest)
@@ -140,6 +143,20 @@ class ManifestService:
         await self._remember_tag(origin, repository, tag, manifest)
         return manifest
 
+    async def _confirm_cached(self, origin: Origin, repository: str, digest: Digest) -> Manifest | None:
+        """A manifest whose bytes another repository brought, once this repository is confirmed to hold it too: one
+        HEAD (which Docker Hub does not count as a pull) instead of a GET. None when the bytes are not cached."""
+        body = await self._blobs.get(digest, MAX_MANIFEST_SIZE)
+        if body is None or Digest.of(body, digest.algorithm) != digest:
+            return None
+        head = await self._ask(origin, repository, digest, origin.remote.head_manifest)
+        if head.digest is not None and head.digest != digest:
+            raise RegistryError.bad_gateway(f"upstream {origin.registry} answered for a manifest other than {digest}")
+        media_type = head.media_type or embedded_media_type(body)
+        if not media_type:
+            return None  # the GET will say
+        return await self._remember(origin, repository, FetchedManifest(digest, media_type, body))
+
     async def _cached(self, origin: Origin, repository: str, digest: Digest) -> Manifest | None:
         record = await self._index.get_manifest(origin.registry, repository, digest)
         if record is None:
@@ -157,6 +174,11 @@ class ManifestService:
             await self._blobs.put(fetched.digest, fetched.body)
             record = ManifestRecord(fetched.digest, fetched.media_type, len(fetched.body))
             await self._index.put_manifest(origin.registry, repository, record)
+            # Its config and layers may now be served under this repository's name.
+            references = contents_of(fetched.body).references
+            blobs = [ref.digest for ref in references if ref.kind in (CONFIG, LAYER)]
+            if blobs:
+                await self._index.link_blobs(origin.registry, repository, blobs)
         except StorageError as exc:
             # The client still gets its manifest; only the caching is lost.
             log.error("cannot cache manifest %s of %s/%s: %s", fetched.digest, origin.registry, repository, exc)

@@ -37,6 +37,7 @@ __all__ = [
     "TagPage",
     "UpstreamRegistry",
     "MAX_MANIFEST_SIZE",
+    "embedded_media_type",
     "MAX_REDIRECTS",
 ]
 
@@ -155,7 +156,7 @@ class UpstreamRegistry:
         announced = _header_digest(response)
         if announced is not None and announced.algorithm == "sha256" and announced != computed:
             raise RegistryError.bad_gateway(f"upstream manifest {repository}:{reference} does not match its digest")
-        media_type = base_media_type(response.headers.get("content-type", "")) or _embedded_media_type(body)
+        media_type = base_media_type(response.headers.get("content-type", "")) or embedded_media_type(body)
         if not media_type:
             raise RegistryError.bad_gateway(f"upstream manifest {repository}:{reference} has no media type")
         return FetchedManifest(computed, media_type, body)
@@ -387,7 +388,7 @@ def _total_size(response: httpx.Response) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-def _embedded_media_type(body: bytes) -> str:
+def embedded_media_type(body: bytes) -> str:
     try:
         value = json.loads(body).get("mediaType", "")
     except (ValueError, AttributeError):
