@@ -27,6 +27,7 @@ from tests.harness.registry import DistributionRegistry
 from tests.harness.skopeo import SkopeoError, read_dir_layout, skopeo_copy
 from tests.harness.tls import Certificates, make_certificates
 from tests.harness.tokens import TokenIssuer
+from tests.harness.upstreams import ghcr_env, ghcr_upstream_config
 
 USER = "alice"
 UPSTREAM_PASSWORD_ENV = "HUB_PASSWORD"
@@ -48,6 +49,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 @pytest.fixture(scope="module")
 def proxy(
     upstream_registry: DistributionRegistry,
+    ghcr_registry: DistributionRegistry,
     token_issuer: TokenIssuer,
     certificates: Certificates,
     password: str,
@@ -61,13 +63,14 @@ def proxy(
     # The proxy reaches Docker Hub with credentials, so by default everything needs a login; library/* is public.
     extra = f'[auth]\nhtpasswd = "{htpasswd}"\n\n[[access]]\nregistry = "docker.io"\nrepository = "library/*"\n'
     extra += 'pull = "anonymous"\n'
+    extra += ghcr_upstream_config(ghcr_registry)  # a second registry, reached by the ghcr.io/ path prefix
     with ProxyServer(
         workdir,
         upstream_registry.url,
         server_config=server,
         extra_upstream=upstream,
         extra_config=extra,
-        env={UPSTREAM_PASSWORD_ENV: token_issuer.password},
+        env={UPSTREAM_PASSWORD_ENV: token_issuer.password, **ghcr_env()},
         ca=certificates.ca,
     ) as started:
         yield started
@@ -197,3 +200,36 @@ def test_containerd_pulls_over_tls_with_credentials(
     assert image.digest == private.digest
     assert {blob.digest for blob in private.blobs} <= ctr.content_digests()
     ctr.remove_image(ref)
+
+
+def test_private_layers_cannot_be_read_through_another_repository_or_registry(
+    proxy: ProxyServer, images: Images, certificates: Certificates, password: str
+) -> None:
+    private, public = images["private"], images["oci"]
+    verify = ssl.create_default_context(cafile=certificates.ca)
+    with (
+        httpx.Client(base_url=proxy.url, verify=verify, timeout=30, auth=(USER, password)) as alice,
+        httpx.Client(base_url=proxy.url, verify=verify, timeout=30) as anonymous,
+    ):
+        # Cached by an authorised client: the bytes are on the proxy's disk.
+        headers = {"Accept": private.media_type}
+        assert alice.get(f"/v2/{private.repository}/manifests/{private.tag}", headers=headers).status_code == 200
+        for blob in private.blobs:
+            assert alice.get(f"/v2/{private.repository}/blobs/{blob.digest}").status_code == 200
+        # Through a public repository of the same registry (anonymous pulls allowed there) and through the other
+        # registry's prefix (logins needed there): the upstream is asked under that name and says no, or the client
+        # is asked to log in first. Never a byte of the blob.
+        expected = {
+            (alice, public.repository): (404, "BLOB_UNKNOWN"),
+            (alice, "ghcr.io/org/app"): (404, "BLOB_UNKNOWN"),
+            (anonymous, public.repository): (404, "BLOB_UNKNOWN"),
+            (anonymous, "ghcr.io/org/app"): (401, "UNAUTHORIZED"),
+        }
+        for (client, name), (status, code) in expected.items():
+            for blob in private.blobs:
+                head = client.head(f"/v2/{name}/blobs/{blob.digest}")
+                assert head.status_code == status and "docker-content-digest" not in head.headers, (name, blob)
+                response = client.get(f"/v2/{name}/blobs/{blob.digest}")
+                assert response.status_code == status, (name, blob)
+                assert response.headers["content-type"] == "application/json"
+                assert response.json()["errors"][0]["code"] == code
