@@ -211,6 +211,9 @@ class TokenIssuer:
 class _IssuerServer(ThreadingHTTPServer):
     # Handler threads must not keep the test process alive, nor make server_close() wait for them.
     daemon_threads = True
+    # http.server listens with a backlog of 5: a proxy asking for a hundred tokens at once (one per repository)
+    # would see connections time out in the SYN queue, which auth.docker.io never does.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], issuer: TokenIssuer) -> None:
         self.issuer = issuer
