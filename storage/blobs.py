@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiofiles.os
 
 from storage.digest import Digest, Hasher
 from storage.files import FileReader, fsync_dir, new_partial_path, sweep_partials
-from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, StorageError
-from storage.paths import blob_path
+from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, StorageError, StoredBlob
+from storage.leases import unlink_unless_leased
+from storage.paths import BLOBS, PARTIAL_SUFFIX, blob_digest, blob_path
 
-__all__ = ["FilesystemBlobStore", "FilesystemBlobWriter"]
+__all__ = ["FilesystemBlobStore", "FilesystemBlobWriter", "scan_blobs"]
 
 
 class FilesystemBlobStore:
@@ -72,6 +74,54 @@ class FilesystemBlobStore:
 
     async def sweep(self) -> int:
         return await asyncio.to_thread(sweep_partials, self._root)
+
+    async def delete_if_unused(self, digests: Sequence[Digest]) -> set[Digest]:
+        # One thread hop for the whole batch: eviction deletes thousands of small blobs at a time.
+        return await asyncio.to_thread(self._delete_if_unused, list(digests))
+
+    def _delete_if_unused(self, digests: list[Digest]) -> set[Digest]:
+        gone: set[Digest] = set()
+        for digest in digests:
+            try:
+                if unlink_unless_leased(self._path(digest)):
+                    gone.add(digest)
+            except OSError:
+                pass  # cannot be removed (permissions, I/O error): it stays, and stays counted
+        return gone
+
+    async def list_blobs(self) -> list[StoredBlob]:
+        return await asyncio.to_thread(scan_blobs, self._root)
+
+
+def scan_blobs(root: Path) -> list[StoredBlob]:
+    """Every committed blob under ``root``: one ``scandir`` per directory, one ``stat`` per file."""
+    found: list[StoredBlob] = []
+    for algorithm in _subdirectories(root / BLOBS):
+        for shard in _subdirectories(root / BLOBS / algorithm):
+            try:
+                entries = list(os.scandir(root / BLOBS / algorithm / shard))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.endswith(PARTIAL_SUFFIX):
+                    continue
+                digest = blob_digest(algorithm, shard, entry.name)
+                if digest is None:
+                    continue  # not ours; `registry-proxy verify` reports such files
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # evicted meanwhile
+                if entry.is_file(follow_symlinks=False):
+                    found.append(StoredBlob(digest, st.st_size, st.st_mtime))
+    return found
+
+
+def _subdirectories(path: Path) -> list[str]:
+    try:
+        return [entry.name for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 async def _create_exclusive(path: Path) -> int:

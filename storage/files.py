@@ -8,15 +8,25 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
 
 from storage.interfaces import StorageError
+from storage.leases import take_read_lease
 from storage.paths import PARTIAL_SUFFIX, partial_name
 
-__all__ = ["FileReader", "fsync_dir", "new_partial_path", "sweep_partials", "write_atomic"]
+__all__ = [
+    "FileReader",
+    "Leftover",
+    "fsync_dir",
+    "leftover_partials",
+    "new_partial_path",
+    "sweep_partials",
+    "write_atomic",
+]
 
 
 def new_partial_path(final: Path) -> Path:
@@ -61,6 +71,34 @@ def sweep_partials(root: Path) -> int:
     return removed
 
 
+@dataclass(frozen=True)
+class Leftover:
+    path: Path
+    size: int
+    modified: float  # seconds since the epoch
+
+
+def leftover_partials(root: Path, older_than: float) -> list[Leftover]:
+    """In-progress files under ``root`` last written before ``older_than`` (seconds since the epoch).
+
+    A running write touches its file with every chunk, so one untouched for a while has no writer left; unlike
+    :func:`sweep_partials` this is safe while the server runs.
+    """
+    found: list[Leftover] = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            if not name.endswith(PARTIAL_SUFFIX):
+                continue
+            path = Path(directory, name)
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # finished or removed meanwhile
+            if st.st_mtime < older_than:
+                found.append(Leftover(path, st.st_size, st.st_mtime))
+    return sorted(found, key=lambda leftover: leftover.path)
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -69,7 +107,7 @@ def _unlink_quietly(path: Path) -> None:
 
 
 class FileReader:
-    """Positional reads on an open file descriptor; safe to use while another task appends to the file."""
+    """Positional reads on an open file descriptor, under a read lease; safe while another task appends to it."""
 
     __slots__ = ("_fd",)
 
@@ -78,7 +116,10 @@ class FileReader:
 
     @classmethod
     def open(cls, path: Path) -> FileReader:
-        return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Held until close: eviction leaves a file alone while anyone reads it (storage.leases).
+        take_read_lease(fd)
+        return cls(fd)
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size

@@ -6,20 +6,25 @@ behind it without touching ``proxy/``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from storage.digest import Digest
 
 __all__ = [
+    "BlobDeleter",
+    "BlobLister",
     "BlobReader",
     "BlobStore",
     "BlobWriter",
     "DigestMismatch",
+    "ImageRecorder",
     "ManifestRecord",
     "RepositoryIndex",
     "SizeMismatch",
     "StorageError",
+    "StoredBlob",
     "TagRecord",
     "VerificationError",
 ]
@@ -65,8 +70,19 @@ class TagRecord:
     fetched_at: float  # seconds since the epoch, when the upstream last confirmed this answer
 
 
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    digest: Digest
+    size: int
+    modified: float  # seconds since the epoch, when it was committed (or last replaced)
+
+
 class BlobReader(Protocol):
-    """An open committed blob, or the bytes written so far of one being filled."""
+    """An open committed blob, or the bytes written so far of one being filled.
+
+    An open reader holds a *read lease*: :meth:`BlobDeleter.delete_if_unused` leaves the blob alone until the
+    reader is closed (for a fill, from the moment the reader opened the partial data through the commit).
+    """
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer (or none) only at the current end of the data."""
@@ -122,6 +138,38 @@ class BlobStore(Protocol):
 
     async def sweep(self) -> int:
         """Remove writes left behind by a crash; returns how many files were removed."""
+        ...
+
+
+class BlobDeleter(Protocol):
+    async def delete_if_unused(self, digests: Sequence[Digest]) -> set[Digest]:
+        """Delete each committed blob that no reader holds (in this process or any other); return those now gone.
+
+        A blob already gone counts as deleted; one being read is left alone (and not returned).
+        """
+        ...
+
+
+class BlobLister(Protocol):
+    async def list_blobs(self) -> list[StoredBlob]:
+        """Every committed blob (partial writes excluded), in no particular order."""
+        ...
+
+
+class ImageRecorder(Protocol):
+    """Told what the manifest service caches and serves, for the inventory. Calls return at once, never fail,
+    and never wait on storage: what they record is written in the background."""
+
+    def manifest_cached(self, registry: str, repository: str, digest: Digest, media_type: str, body: bytes) -> None:
+        """The repository's manifest ``digest`` (these exact bytes) was stored."""
+        ...
+
+    def tag_cached(self, registry: str, repository: str, tag: str, record: TagRecord) -> None:
+        """The upstream said (or confirmed) what ``tag`` points to."""
+        ...
+
+    def tag_pulled(self, registry: str, repository: str, tag: str) -> None:
+        """A client resolved ``tag`` (GET or HEAD of the manifest by tag)."""
         ...
 
 

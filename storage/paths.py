@@ -17,7 +17,19 @@
                                             confirmed it under this name); a blob is served under a
                                             repository only with this link
       .../<name>.<random>.partial           any file above while it is being written; renamed into place
-                                            only once complete (and, for blobs, verified). Swept at start-up.
+                                            only once complete (and, for blobs, verified). Swept at start-up,
+                                            and by ``registry-proxy gc`` once older than a grace period.
+      inventory.sqlite (-wal, -shm)         the lifecycle inventory (SQLite in WAL mode, shared by every
+                                            process using this root): blob sizes and last accesses, images
+                                            (tag → digest, pulls), manifest → referenced digests, pins.
+                                            Derived from the files above where it can be (reconciled at
+                                            start-up; rebuilt if missing or damaged); schema in
+                                            :mod:`storage.inventory_schema`
+      inventory.evict.lock                  held (``flock``) by the one process evicting at a time
+
+Blob files are read under a shared ``flock`` (a *read lease*, taken by every reader, including readers of a
+partial file, whose lock carries over to the committed file it is renamed to); eviction deletes a blob only
+while it holds the exclusive lock, so a blob being read is never evicted (:mod:`storage.leases`).
 
 ``<registry>`` is the upstream's registry name (``docker.io``, ``ghcr.io``), ``<repository>`` is a
 validated repository name such as ``library/alpine``. Repository components cannot start with ``_``,
@@ -31,22 +43,30 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from storage.digest import SUPPORTED_ALGORITHMS, Digest
+from storage.digest import SUPPORTED_ALGORITHMS, Digest, InvalidDigest
 from storage.references import is_registry, is_repository, is_tag
 
 __all__ = [
+    "BLOBS",
+    "EVICT_LOCK",
+    "INVENTORY",
     "PARTIAL_SUFFIX",
     "REPOSITORIES",
+    "blob_digest",
     "blob_link_path",
     "blob_path",
     "manifest_link_path",
+    "manifests_dir",
     "partial_name",
     "referrers_path",
     "tag_path",
     "tags_dir",
 ]
 
+BLOBS = "blobs"
 REPOSITORIES = "repositories"
+INVENTORY = "inventory.sqlite"
+EVICT_LOCK = "inventory.evict.lock"
 MANIFESTS_DIR = "_manifests"
 LAYERS_DIR = "_layers"
 TAGS_DIR = "_tags"
@@ -56,7 +76,16 @@ PARTIAL_SUFFIX = ".partial"
 
 def blob_path(digest: Digest) -> PurePosixPath:
     _check_digest(digest)
-    return PurePosixPath("blobs", digest.algorithm, digest.hex[:2], digest.hex)
+    return PurePosixPath(BLOBS, digest.algorithm, digest.hex[:2], digest.hex)
+
+
+def blob_digest(algorithm: str, shard: str, name: str) -> Digest | None:
+    """The digest whose blob lives at ``blobs/<algorithm>/<shard>/<name>``, or None for any other file."""
+    try:
+        digest = Digest.parse(f"{algorithm}:{name}")
+    except InvalidDigest:
+        return None
+    return digest if shard == digest.hex[:2] else None
 
 
 def blob_link_path(registry: str, repository: str, digest: Digest) -> PurePosixPath:
@@ -67,6 +96,10 @@ def blob_link_path(registry: str, repository: str, digest: Digest) -> PurePosixP
 def manifest_link_path(registry: str, repository: str, digest: Digest) -> PurePosixPath:
     _check_digest(digest)
     return _repository_dir(registry, repository) / MANIFESTS_DIR / digest.algorithm / digest.hex
+
+
+def manifests_dir(registry: str, repository: str) -> PurePosixPath:
+    return _repository_dir(registry, repository) / MANIFESTS_DIR
 
 
 def referrers_path(registry: str, repository: str, subject: Digest) -> PurePosixPath:

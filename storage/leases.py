@@ -1,0 +1,73 @@
+"""Read leases on blob files: a blob that anyone is reading is never deleted under them.
+
+Every reader holds a shared ``flock`` on its open file for as long as it reads; deletion takes the exclusive
+lock without waiting and gives up if a reader holds the file. ``flock`` locks belong to the open file (not the
+process or the path), so this holds between processes sharing one cache directory, and a lock taken on a
+partial file stays with it when the commit renames it into place.
+
+A reader that opens a file just as it is being deleted still reads the right bytes (an unlinked file stays
+readable while open); the lease is what keeps the blob *in the cache*, and its disk space counted, while it
+is being read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+__all__ = ["is_leased", "take_read_lease", "unlink_unless_leased"]
+
+
+def take_read_lease(fd: int) -> bool:
+    """Take the shared lock on ``fd`` (released when its file is closed); False if it could not be taken.
+
+    Never waits: the only exclusive holder is a deletion, which holds it for one ``unlink``, and reading on
+    without the lease is correct (see the module docstring).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        # Being deleted right now, or a filesystem without flock (some network mounts): read without a lease.
+        return False
+    return True
+
+
+def unlink_unless_leased(path: Path) -> bool:
+    """Delete ``path`` unless a reader holds it; True if it is gone (or never was), False if it is being read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return True
+        opened = os.fstat(fd)
+        if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            # Replaced since we opened it (a fill of the same digest committed): that file is not the one we hold.
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def is_leased(path: Path) -> bool:
+    """Whether a reader holds ``path`` right now (for reports; the answer may change at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
