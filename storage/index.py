@@ -19,6 +19,7 @@ from storage.paths import (
     TAGS_DIR,
     blob_link_path,
     manifest_link_path,
+    manifests_dir,
     referrers_path,
     tag_path,
     tags_dir,
@@ -57,6 +58,29 @@ class FilesystemIndex:
             await asyncio.to_thread(_touch_all, paths)
         except OSError as exc:
             raise StorageError(f"cannot link blobs to {registry}/{repository}: {exc.strerror}") from exc
+
+    async def list_manifests(self, registry: str, repository: str) -> list[Digest]:
+        """Every manifest this repository is known to have (for the inventory's start-up reconciliation)."""
+        return await asyncio.to_thread(self._list_manifests, self._root / manifests_dir(registry, repository))
+
+    @staticmethod
+    def _list_manifests(directory: Path) -> list[Digest]:
+        found: list[Digest] = []
+        try:
+            algorithms = os.listdir(directory)
+        except OSError:
+            return found
+        for algorithm in sorted(algorithms):
+            try:
+                names = os.listdir(directory / algorithm)
+            except OSError:
+                continue
+            for name in sorted(names):
+                try:
+                    found.append(Digest.parse(f"{algorithm}:{name}"))
+                except InvalidDigest:
+                    continue  # an unfinished write (*.partial), or not ours
+        return found
 
     async def get_tag(self, registry: str, repository: str, tag: str) -> TagRecord | None:
         return _tag_record(await self._load(self._root / tag_path(registry, repository, tag)))
