@@ -27,6 +27,7 @@ __all__ = [
     "UpstreamSettings",
     "load",
     "parse_duration",
+    "parse_size",
 ]
 
 DOCKER_HUB = "docker.io"
@@ -61,6 +62,10 @@ class StorageSettings:
     root: Path = Path("registry-proxy-cache")
     # Refuse to start when the root is unusable; False relays every pull uncached instead.
     required: bool = True
+    # Bytes the blobs may take; past it the least recently used unpinned ones are evicted. None: no budget.
+    max_size: int | None = None
+    # Eviction goes down to this many bytes; None: 90 % of max_size.
+    low_watermark: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,30 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1, "b": 1,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+}  # fmt: skip
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a string such as ``"300MiB"``, ``"50GiB"``, ``"2GB"``."""
+    expected = 'expected a size such as 1073741824, "300MiB" or "50GiB"'
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2) and match.group(2).lower()])
+    else:
+        raise ValueError(f"{expected}, got {value!r}")
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
 
 
 def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
@@ -247,10 +276,11 @@ class _Reader:
         for name, seconds in timeouts.items():
             if seconds <= 0:
                 raise self._fail(f"server.{name}", "must be more than 0")
-        storage = self._table(raw, "storage", {"root", "required"})
+        storage = self._table(raw, "storage", {"root", "required", "max_size", "low_watermark"})
         root = self._get(storage, "storage", "root", str, None)
         if root is not None and (not root.strip() or "\0" in root):
             raise self._fail("storage.root", "expected a directory path")
+        max_size, low_watermark = self._budget(storage)
         upstreams_raw = raw.get("upstreams", [{}])
         if not isinstance(upstreams_raw, list) or not upstreams_raw:
             raise self._fail("upstreams", "expected one or more [[upstreams]] tables")
@@ -274,6 +304,8 @@ class _Reader:
             storage=StorageSettings(
                 root=Path(root) if root is not None else StorageSettings.root,
                 required=self._get(storage, "storage", "required", bool, StorageSettings.required),
+                max_size=max_size,
+                low_watermark=low_watermark,
             ),
             upstreams=upstreams,
             auth=(auth := self._auth(raw)),
@@ -353,6 +385,37 @@ class _Reader:
                 raise self._fail(f"{prefix}.pull", "needs client authentication: configure [auth] htpasswd or tokens")
             rules.append(AccessSettings(registry, repository, pull))
         return tuple(rules)
+
+    def _budget(self, storage: dict[str, Any]) -> tuple[int | None, int | None]:
+        max_size = low = None
+        if "max_size" in storage:
+            try:
+                max_size = parse_size(storage["max_size"])
+            except ValueError as exc:
+                raise self._fail("storage.max_size", str(exc)) from None
+            if max_size == 0:
+                raise self._fail("storage.max_size", "must be more than 0 (leave it out for no budget)")
+        if "low_watermark" in storage:
+            if max_size is None:
+                raise self._fail("storage.low_watermark", "needs storage.max_size")
+            low = self._watermark(storage["low_watermark"], max_size)
+            if not 0 < low <= max_size:
+                raise self._fail("storage.low_watermark", f"must be more than 0 and at most max_size ({max_size})")
+        return max_size, low
+
+    def _watermark(self, value: object, max_size: int) -> int:
+        """A size, or a share of ``max_size`` such as ``"90%"``."""
+        expected = f'expected a size such as "45GiB" or a share of max_size such as "90%", got {value!r}'
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                percent = float(value.strip()[:-1])
+            except ValueError:
+                raise self._fail("storage.low_watermark", expected) from None
+            return int(max_size * percent / 100)
+        try:
+            return parse_size(value)
+        except ValueError:
+            raise self._fail("storage.low_watermark", expected) from None
 
     def _upstream(self, entry: Any, index: int) -> UpstreamSettings:
         prefix = f"upstreams[{index}]"

@@ -1,0 +1,5 @@
+"""The cache's lifecycle: the inventory kept in step with the cache, the size budget, pins, ``ls`` and ``gc``.
+
+Storage mechanics (the SQLite inventory, read leases, the accounting decorator) live in ``storage/``; this package
+holds the policies and the background work, and is wired only by :mod:`proxy.app` and the CLI commands.
+"""
