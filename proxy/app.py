@@ -34,6 +34,8 @@ from proxy.endpoints.referrers import list_referrers
 from proxy.endpoints.tags import list_tags
 from proxy.endpoints.token import issue_token
 from proxy.errors import RegistryError
+from proxy.lifecycle.budget import Budget
+from proxy.lifecycle.service import Lifecycle
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.catalog import CatalogService
@@ -49,10 +51,11 @@ from proxy.upstream.client import UpstreamRegistry
 from proxy.upstream.hosts import AllowedHosts
 from proxy.upstream.limiter import Limiter
 from proxy.upstream.pool import RequestPool, pool_limits
+from storage.accounting import AccountedBlobStore
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "upstream_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +81,24 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 log.error("cache root %s is not usable (%s); serving without caching", root, exc.strerror)
             origins = []
             for upstream in settings.upstreams:
-                remote = _upstream_registry(upstream, transport)
+                remote = upstream_registry(upstream, transport)
                 stack.push_async_callback(remote.aclose)
                 origins.append(Origin(upstream.registry, remote, upstream.tag_ttl, upstream.negative_ttl))
             index = FilesystemIndex(root)
+            # The inventory, the budget and pins: every read, fill and manifest goes through its ledger.
+            lifecycle = Lifecycle(root, blobs, index, Budget.of(settings.storage))
+            await lifecycle.start()
+            stack.push_async_callback(lifecycle.stop)
+            cache = AccountedBlobStore(blobs, lifecycle.ledger)
             router = Router(origins)
             # One bounded table of the upstreams' recent 404s, for blobs and manifests alike.
             negative = NegativeCache()
             services = Services(
                 router=router,
-                blobs=BlobService(blobs, index, negative),
-                manifests=ManifestService(blobs, index, negative=negative),
+                blobs=BlobService(cache, index, negative),
+                manifests=ManifestService(cache, index, negative=negative, images=lifecycle.ledger),
                 tags=TagService(index),
-                referrers=ReferrersService(blobs, index),
+                referrers=ReferrersService(cache, index),
                 catalog=CatalogService(index, router.default_registry),
                 access=client_auth.access if client_auth else None,
                 tokens=client_auth.tokens if client_auth else None,
@@ -162,7 +170,8 @@ def _client_auth(settings: Settings) -> _ClientAuth:
     return _ClientAuth(backend, AccessControl(AccessPolicy(rules, defaults), auth.service), tokens)
 
 
-def _upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
+def upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
+    """The client for one configured upstream, as the server uses it (also for CLI commands that ask upstreams)."""
     # Every request to the upstream, its token service and its redirect targets is built by these two clients, so
     # carries these timeouts. A request waits its turn in the RequestPool (up to read_timeout), and every request
     # with a turn has a pooled connection ready (the pools hold one per turn; token fetches happen within a turn),

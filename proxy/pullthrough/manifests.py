@@ -25,7 +25,7 @@ from proxy.routing import Origin
 from proxy.upstream.client import MAX_MANIFEST_SIZE, FetchedManifest, embedded_media_type
 from storage.contents import CONFIG, LAYER, contents_of
 from storage.digest import Digest
-from storage.interfaces import BlobStore, ManifestRecord, RepositoryIndex, StorageError, TagRecord
+from storage.interfaces import BlobStore, ImageRecorder, ManifestRecord, RepositoryIndex, StorageError, TagRecord
 
 __all__ = ["Manifest", "ManifestService"]
 
@@ -49,12 +49,14 @@ class ManifestService:
         index: RepositoryIndex,
         clock: Callable[[], float] = time.time,
         negative: NegativeCache | None = None,
+        images: ImageRecorder | None = None,
     ) -> None:
         self._blobs = blobs
         self._index = index
         self._clock = clock
         # The upstream's recent "no such manifest" answers, by (registry, repository, tag or digest).
         self._negative = negative or NegativeCache()
+        self._images = images  # the inventory's record of cached images and their pulls
         # Concurrent pulls of one tag or digest share one lookup and at most one upstream round trip.
         self._flights: SingleFlight[Manifest] = SingleFlight()
 
@@ -67,6 +69,8 @@ class ManifestService:
         # One answer per tag, whatever this client accepts: clients with different Accept headers share one lookup.
         key = ("tag", origin.registry, repository, tag)
         manifest = await self._flights.do(key, lambda: self._by_tag(origin, repository, tag))
+        if self._images is not None:
+            self._images.tag_pulled(origin.registry, repository, tag)  # per client, outside the shared flight
         if accept.allows(manifest.media_type):
             return manifest
         if manifest.media_type != DOCKER_MANIFEST_LIST:
@@ -179,6 +183,10 @@ class ManifestService:
             blobs = [ref.digest for ref in references if ref.kind in (CONFIG, LAYER)]
             if blobs:
                 await self._index.link_blobs(origin.registry, repository, blobs)
+            if self._images is not None:
+                self._images.manifest_cached(
+                    origin.registry, repository, fetched.digest, fetched.media_type, fetched.body
+                )
         except StorageError as exc:
             # The client still gets its manifest; only the caching is lost.
             log.error("cannot cache manifest %s of %s/%s: %s", fetched.digest, origin.registry, repository, exc)
@@ -188,6 +196,8 @@ class ManifestService:
         record = TagRecord(manifest.digest, manifest.media_type, len(manifest.body), self._clock())
         try:
             await self._index.put_tag(origin.registry, repository, tag, record)
+            if self._images is not None:
+                self._images.tag_cached(origin.registry, repository, tag, record)
         except StorageError as exc:
             log.error("cannot record tag %s/%s:%s: %s", origin.registry, repository, tag, exc)
 

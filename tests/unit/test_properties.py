@@ -26,7 +26,7 @@ from proxy.config import ServerSettings, Settings, StorageSettings, UpstreamSett
 from proxy.errors import RegistryError
 from proxy.ranges import parse_range
 from storage.digest import Digest, InvalidDigest
-from storage.paths import blob_path, manifest_link_path, tag_path, tags_dir
+from storage.paths import EVICT_LOCK, INVENTORY, blob_path, manifest_link_path, tag_path, tags_dir
 from storage.references import is_registry, is_repository, is_tag
 from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry
 
@@ -161,7 +161,8 @@ def check_reply(proxy: Proxy, method: str, response: httpx.Response) -> None:
 def check_contained(proxy: Proxy) -> None:
     assert sorted(os.listdir(proxy.tmp)) == ["cache", "sentinel.txt"]
     assert (proxy.tmp / "sentinel.txt").read_bytes() == proxy.sentinel
-    assert set(os.listdir(proxy.root)) <= {"blobs", "repositories"}
+    inventory = {INVENTORY, f"{INVENTORY}-wal", f"{INVENTORY}-shm", EVICT_LOCK}
+    assert set(os.listdir(proxy.root)) <= {"blobs", "repositories", *inventory}
 
 
 # -- the app, in-process ---------------------------------------------------------------------------------------------

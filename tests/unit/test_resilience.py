@@ -13,6 +13,7 @@ import pytest
 from proxy.app import create_app
 from proxy.config import Settings, StorageSettings, UpstreamSettings
 from storage.blobs import FilesystemBlobWriter
+from storage.paths import INVENTORY
 from tests.unit.asgi import envelope_code, running
 from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry, sha256
 
@@ -203,8 +204,13 @@ async def test_disk_full_during_a_fill_still_serves_the_blob(
         response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}")
         assert response.status_code == 200
         assert response.content == BLOB
-    # Nothing half-written remains (the record that the repository holds the blob is complete, and true).
-    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and "_layers" not in p.parts]
+    # Nothing half-written remains (the record that the repository holds the blob is complete, and true; the
+    # inventory's database is the cache's own bookkeeping).
+    leftovers = [
+        p
+        for p in (tmp_path / "cache").rglob("*")
+        if p.is_file() and "_layers" not in p.parts and not p.name.startswith(INVENTORY)
+    ]
     assert leftovers == []
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from proxy.app import _upstream_registry
+from proxy.app import upstream_registry
 from proxy.config import UpstreamSettings
 from proxy.errors import RegistryError
 from proxy.media_types import Accept
@@ -177,7 +177,7 @@ async def test_requests_beyond_the_cap_wait_their_turn_outside_the_pool(upstream
     settings = UpstreamSettings(
         registry="docker.io", url=upstream.url, connect_timeout=2.0, read_timeout=5.0, max_concurrent_requests=2
     )
-    remote = _upstream_registry(settings, None)
+    remote = upstream_registry(settings, None)
     try:
         async with asyncio.timeout(ROUND_TIMEOUT):
             downloads = [await remote.open_blob("library/a", BIG) for _ in range(2)]
@@ -203,7 +203,7 @@ async def test_a_request_that_waits_too_long_for_its_turn_is_refused_and_the_ups
     settings = UpstreamSettings(
         registry="docker.io", url=upstream.url, connect_timeout=2.0, read_timeout=0.2, max_concurrent_requests=1
     )
-    remote = _upstream_registry(settings, None)
+    remote = upstream_registry(settings, None)
     try:
         async with asyncio.timeout(ROUND_TIMEOUT):
             download = await remote.open_blob("library/a", BIG)
@@ -224,7 +224,7 @@ async def test_a_download_dropped_unclosed_gives_its_turn_back(upstream: Upstrea
     settings = UpstreamSettings(
         registry="docker.io", url=upstream.url, connect_timeout=2.0, read_timeout=5.0, max_concurrent_requests=1
     )
-    remote = _upstream_registry(settings, None)
+    remote = upstream_registry(settings, None)
     try:
         async with asyncio.timeout(ROUND_TIMEOUT):
             download = await remote.open_blob("library/a", BIG)
