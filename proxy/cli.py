@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from proxy import __version__
+from proxy.commands import gc as gc_command, ls as ls_command
 from proxy.config import ConfigError, Settings, load
 from proxy.server import EXIT_REFUSED, serve
 from proxy.warm import command as warm
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--config", type=Path, default=None, help="as for serve")
     verify.add_argument("--dry-run", action="store_true", help="report corrupt blobs without removing them")
     warm.add_arguments(commands.add_parser("warm", help="pull images, or the images CI files name, into the cache"))
+    ls_command.register(commands)
+    gc_command.register(commands)
     args = parser.parse_args(argv)
 
     config_path = args.config or (Path(p) if (p := os.environ.get("REGISTRY_PROXY_CONFIG")) else None)
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cache(settings, remove=not args.dry_run)
     if args.command == "warm":
         return warm.run(args, settings, configured=config_path is not None)
+    if args.command == "ls":
+        return ls_command.run(settings, args)
+    if args.command == "gc":
+        return gc_command.run(settings, args)
     return serve_forever(settings, args.log_level)
 
 
