@@ -28,6 +28,7 @@ class ProxyServer:
         read_timeout: str = "30s",
         extra_upstream: str = "",
         extra_config: str = "",
+        extra_storage: str = "",
         env: dict[str, str] | None = None,
         cache_dir: Path | None = None,
         start_timeout: float = 20.0,
@@ -36,7 +37,8 @@ class ProxyServer:
     ) -> None:
         """``extra_upstream``: more TOML lines for the docker.io upstream table; ``extra_config``: TOML appended
         after it (more ``[[upstreams]]`` tables); ``env``: added to the proxy's environment; ``server_config``: more
-        lines for ``[server]`` (with ``tls_cert``, pass ``ca``: the proxy then serves HTTPS, trusted through it)."""
+        lines for ``[server]`` (with ``tls_cert``, pass ``ca``: the proxy then serves HTTPS, trusted through it);
+        ``extra_storage``: more lines for ``[storage]`` (a budget)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = cache_dir or workdir / "cache"
@@ -53,6 +55,7 @@ port = {self.port}
 
 [storage]
 root = "{self.cache_dir}"
+{extra_storage}
 
 [[upstreams]]
 registry = "docker.io"
