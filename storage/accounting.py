@@ -86,8 +86,9 @@ class AccountedBlobWriter:
         return self._inner.written
 
     async def write(self, data: bytes) -> None:
-        await self._ledger.reserve(len(data))
+        # Counted before the wait: a write cancelled while waiting for room is still released by cancel().
         self._reserved += len(data)
+        await self._ledger.reserve(len(data))
         await self._inner.write(data)
 
     def open_reader(self) -> BlobReader:

@@ -114,17 +114,28 @@ class Lifecycle:
         # Fills may still finish after this; their commits are found by the next start-up reconciliation.
         self.ledger.enabled = False
 
-    # The pin mechanism (for prefetch): pinned images are never evicted.
+    # The pin mechanism (for prefetch): pinned images are never evicted. Without a usable inventory nothing is ever
+    # evicted, so pins have nothing to protect and are no-ops.
 
     async def pin(self, registry: str, repository: str, reference: str) -> None:
-        """Keep ``reference`` (a tag: whatever it points to now; or a digest) and everything it refers to."""
+        """Keep ``reference`` (a tag: whatever it points to now; or a digest) and everything it refers to.
+
+        Raises ValueError for a name or reference that is not valid. Pinning what is not cached yet is fine: it is
+        kept from the moment it is.
+        """
         _check_reference(registry, repository, reference)
-        await self._thread.run(lambda inventory: inventory.pin(registry, repository, reference, self._clock()))
+        if self._task is not None:
+            await self._thread.run(lambda inventory: inventory.pin(registry, repository, reference, self._clock()))
 
     async def unpin(self, registry: str, repository: str, reference: str) -> bool:
+        """Whether there was such a pin."""
+        if self._task is None:
+            return False
         return await self._thread.run(lambda inventory: inventory.unpin(registry, repository, reference))
 
     async def pins(self) -> list[Pin]:
+        if self._task is None:
+            return []
         return await self._thread.run(Inventory.pins)
 
     async def settle(self) -> None:

@@ -194,3 +194,19 @@ def test_pulls_through_the_proxy_stay_within_the_budget(tmp_path: Path, fake: Fa
         # Evicted blobs are simply misses: the first one is fetched again, whole and right.
         assert sha256(client.get(f"/v2/library/app/blobs/{layers[0]}").content) == layers[0]
     assert fake.count("GET", f"cdn/blobs/{layers[0]}") == 2
+
+
+async def test_partial_bytes_count_until_their_write_ends(tmp_path: Path) -> None:
+    async with cache(tmp_path, Budget(1000, 900)) as (lifecycle, store):
+        a, data_a = blob("a")
+        writer = await store.create(a)
+        await writer.write(data_a[:100])
+        assert lifecycle.ledger.in_flight == 100
+        await writer.cancel()
+        await writer.cancel()  # twice: released once
+        assert lifecycle.ledger.in_flight == 0
+        writer = await store.create(a)
+        await writer.write(data_a)
+        await writer.commit(len(data_a))
+        await lifecycle.settle()
+        assert (lifecycle.ledger.in_flight, lifecycle.ledger.size()) == (0, 300)
