@@ -138,7 +138,8 @@ def test_corrupt_upstream_blob_is_cut_short_and_never_cached(
         for chunk in response.iter_raw():
             received += chunk
     assert len(received) < blob.size
-    cached = list(proxy.cache_dir.rglob(blob.hex + "*"))
+    # No content under blobs/ (a repository's record that the upstream served it is not content).
+    cached = list((proxy.cache_dir / "blobs").rglob(blob.hex + "*"))
     assert cached == []
 
     stored.write_bytes(original)
