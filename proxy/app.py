@@ -59,6 +59,9 @@ __all__ = ["create_app", "upstream_registry"]
 
 log = logging.getLogger(__name__)
 
+# Partial files untouched this long have no writer left: a fill waits at most its read timeout for the upstream.
+_SHARED_SWEEP_GRACE = 600.0
+
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -73,7 +76,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             blobs = FilesystemBlobStore(root)
             try:
                 root.mkdir(parents=True, exist_ok=True)
-                removed = await blobs.sweep()
+                # With several worker processes on this cache, another one may be filling right now.
+                removed = await blobs.sweep(_SHARED_SWEEP_GRACE if settings.server.workers != 1 else 0.0)
                 if removed:
                     log.info("removed %d unfinished cache files left by an earlier run", removed)
             except OSError as exc:

@@ -66,8 +66,8 @@ class AccountedBlobStore:
     async def create(self, digest: Digest) -> AccountedBlobWriter:
         return AccountedBlobWriter(await self._inner.create(digest), self._ledger)
 
-    async def sweep(self) -> int:
-        return await self._inner.sweep()
+    async def sweep(self, spare_younger_than: float = 0.0) -> int:
+        return await self._inner.sweep(spare_younger_than)
 
 
 class AccountedBlobWriter:

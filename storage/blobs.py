@@ -72,8 +72,8 @@ class FilesystemBlobStore:
             raise StorageError(f"cannot create a cache file for {digest}: {exc.strerror}") from exc
         return FilesystemBlobWriter(digest, final, partial, fd)
 
-    async def sweep(self) -> int:
-        return await asyncio.to_thread(sweep_partials, self._root)
+    async def sweep(self, spare_younger_than: float = 0.0) -> int:
+        return await asyncio.to_thread(sweep_partials, self._root, spare_younger_than)
 
     async def delete_if_unused(self, digests: Sequence[Digest]) -> set[Digest]:
         # One thread hop for the whole batch: eviction deletes thousands of small blobs at a time.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,22 @@ async def write_atomic(final: Path, data: bytes) -> None:
         raise
 
 
-def sweep_partials(root: Path) -> int:
-    """Delete every in-progress file under ``root``: at start-up none of them can still have a writer."""
+def sweep_partials(root: Path, spare_younger_than: float = 0.0) -> int:
+    """Delete in-progress files under ``root`` at start-up: all of them when this process is the cache's only writer,
+    else those untouched for ``spare_younger_than`` seconds (a running write touches its file with every chunk)."""
+    cutoff = time.time() - spare_younger_than
     removed = 0
     for directory, _dirs, files in os.walk(root):
         for name in files:
             if name.endswith(PARTIAL_SUFFIX):
-                _unlink_quietly(Path(directory, name))
+                path = Path(directory, name)
+                if spare_younger_than > 0:
+                    try:
+                        if path.stat().st_mtime >= cutoff:
+                            continue
+                    except OSError:
+                        continue
+                _unlink_quietly(path)
                 removed += 1
     return removed
 

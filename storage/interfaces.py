@@ -136,8 +136,12 @@ class BlobStore(Protocol):
 
     async def create(self, digest: Digest) -> BlobWriter: ...
 
-    async def sweep(self) -> int:
-        """Remove writes left behind by a crash; returns how many files were removed."""
+    async def sweep(self, spare_younger_than: float = 0.0) -> int:
+        """Remove writes left behind by a crash; returns how many files were removed.
+
+        ``spare_younger_than``: leave files written to in the last that many seconds (another process sharing the
+        cache may still be writing them); 0 removes them all (no other writer can exist).
+        """
         ...
 
 

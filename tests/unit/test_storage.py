@@ -119,3 +119,21 @@ async def test_cancelled_write_leaves_no_empty_directory(tmp_path: Path) -> None
         writer = await store.create(digest_of(data))
         await writer.cancel()
     assert [p.name for p in (tmp_path / "blobs" / "sha256").iterdir()] == [kept_dir.name]
+
+
+def test_a_shared_cache_sweep_spares_writes_in_progress(tmp_path: Path) -> None:
+    import os
+    import time as clock
+
+    from storage.files import sweep_partials
+
+    directory = tmp_path / "blobs" / "sha256" / "ab"
+    directory.mkdir(parents=True)
+    fresh, stale = directory / "a.1.partial", directory / "b.2.partial"
+    fresh.write_bytes(b"being written by another worker")
+    stale.write_bytes(b"left by a crash")
+    old = clock.time() - 3600
+    os.utime(stale, (old, old))
+    assert sweep_partials(tmp_path, spare_younger_than=600) == 1
+    assert fresh.exists() and not stale.exists()
+    assert sweep_partials(tmp_path) == 1 and not fresh.exists()
