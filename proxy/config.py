@@ -14,17 +14,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from storage.references import is_registry
+from storage.digest import Digest, InvalidDigest
+from storage.references import is_registry, is_repository, is_tag
 
 __all__ = [
     "AccessSettings",
     "AuthSettings",
     "ConfigError",
+    "PrefetchSettings",
     "ServerSettings",
     "Settings",
     "StaticToken",
     "StorageSettings",
     "UpstreamSettings",
+    "image_key",
     "load",
     "parse_duration",
     "parse_size",
@@ -129,18 +132,34 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class PrefetchSettings:
+    """One ``[[prefetch]]`` table: an image warmed after start-up and kept fresh (proxy.lifecycle.prefetch)."""
+
+    image: str  # as Docker reads it: "hashicorp/vault:1.15" is docker.io/hashicorp/vault:1.15
+    platforms: tuple[str, ...] = ()  # "os/architecture[/variant]"; empty: every platform of an index
+    # Opt-in: a pin takes budget that eviction can never reclaim, so it should be a choice, not a side effect.
+    pin: bool = False
+    # How often the tag is checked upstream (one HEAD); 0: only at start-up.
+    refresh: float = 6 * 3600.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     upstreams: tuple[UpstreamSettings, ...] = (UpstreamSettings(),)
     auth: AuthSettings = field(default_factory=AuthSettings)
     access: tuple[AccessSettings, ...] = ()
+    prefetch: tuple[PrefetchSettings, ...] = ()
 
 
 # Each request to an upstream may hold a connection (a file descriptor) and a token fetch another.
 _MAX_CONCURRENCY = 10_000
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# A prefetched tag is checked upstream at most this often: more would be a flood of HEADs, not freshness.
+_MIN_REFRESH = 60.0
+_DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 
 def parse_duration(value: object) -> float:
@@ -180,6 +199,40 @@ def parse_size(value: object) -> int:
     if size < 0:
         raise ValueError("a size cannot be negative")
     return size
+
+
+def image_key(text: str) -> tuple[str, str, str]:
+    """(registry, repository, tag or digest) of an image reference, read as Docker reads it; ValueError if it is not
+    one. The same rules as ``proxy.warm.references.parse_reference`` (which the server uses), kept here because this
+    module imports nothing from the proxy; tests/unit/test_config_prefetch.py holds the two to the same answers."""
+    text = text.strip()
+    name, at, digest = text.partition("@")
+    if not name or "://" in text:
+        raise ValueError(f"not an image reference: {text[:100]!r}")
+    if at:
+        try:
+            Digest.parse(digest)
+        except InvalidDigest as exc:
+            raise ValueError(f"{text[:100]!r}: {exc}") from None
+    tag = "latest"
+    colon, slash = name.rfind(":"), name.rfind("/")
+    if colon > slash:  # a colon before the last slash is a registry's port
+        name, tag = name[:colon], name[colon + 1 :]
+        if not is_tag(tag):
+            raise ValueError(f"{text[:100]!r}: invalid tag {tag[:130]!r}")
+    first, slash_found, rest = name.partition("/")
+    if slash_found and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        registry, repository = first.lower(), rest
+        registry = DOCKER_HUB if registry in _DOCKER_HUB_ALIASES else registry
+    else:
+        registry, repository = DOCKER_HUB, name
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    if not is_registry(registry):
+        raise ValueError(f"{text[:100]!r}: invalid registry name {registry[:100]!r}")
+    if not is_repository(repository):
+        raise ValueError(f"{text[:100]!r}: {repository[:100]!r} is not a valid (lower-case) repository name")
+    return registry, repository, digest if at else tag
 
 
 def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
@@ -240,8 +293,8 @@ class _Reader:
 
     def settings(self, raw: dict[str, Any]) -> Settings:
         for name in raw:
-            if name not in ("server", "storage", "upstreams", "auth", "access"):
-                raise self._fail(name, "unknown key (allowed: server, storage, upstreams, auth, access)")
+            if name not in ("server", "storage", "upstreams", "auth", "access", "prefetch"):
+                raise self._fail(name, "unknown key (allowed: server, storage, upstreams, auth, access, prefetch)")
         server = self._table(
             raw,
             "server",
@@ -310,6 +363,7 @@ class _Reader:
             upstreams=upstreams,
             auth=(auth := self._auth(raw)),
             access=self._access(raw, auth, {u.registry for u in upstreams}),
+            prefetch=self._prefetch(raw, {u.registry for u in upstreams}),
         )
 
     def _auth(self, raw: dict[str, Any]) -> AuthSettings:
@@ -385,6 +439,42 @@ class _Reader:
                 raise self._fail(f"{prefix}.pull", "needs client authentication: configure [auth] htpasswd or tokens")
             rules.append(AccessSettings(registry, repository, pull))
         return tuple(rules)
+
+    def _prefetch(self, raw: dict[str, Any], registries: set[str]) -> tuple[PrefetchSettings, ...]:
+        entries = raw.get("prefetch", [])
+        if not isinstance(entries, list):
+            raise self._fail("prefetch", "expected [[prefetch]] tables")
+        seen: dict[tuple[str, str, str], int] = {}
+        result = []
+        for i, entry in enumerate(entries):
+            prefix = f"prefetch[{i}]"
+            table = self._table({prefix: entry}, prefix, {"image", "platforms", "pin", "refresh"})
+            image = self._get(table, prefix, "image", str, None)
+            if image is None:
+                raise self._fail(f"{prefix}.image", 'required: an image reference such as "hashicorp/vault:1.15"')
+            try:
+                key = image_key(image)
+            except ValueError as exc:
+                raise self._fail(f"{prefix}.image", str(exc)) from None
+            if key[0] not in registries:
+                why = f"{image!r} is not served by this proxy (no [[upstreams]] entry for {key[0]})"
+                raise self._fail(f"{prefix}.image", why)
+            if key in seen:
+                raise self._fail(f"{prefix}.image", f"{image!r} is the same image as prefetch[{seen[key]}]")
+            seen[key] = i
+            platforms = self._strings(table, prefix, "platforms") or []
+            for n, platform in enumerate(platforms):
+                # Platform.parse's grammar (proxy.warm.platforms), which this module does not import.
+                parts = platform.split("/")
+                if not 2 <= len(parts) <= 3 or not all(parts):
+                    why = f"expected os/architecture[/variant] such as linux/amd64, got {platform!r}"
+                    raise self._fail(f"{prefix}.platforms[{n}]", why)
+            refresh = self._duration(table, prefix, "refresh", PrefetchSettings.refresh)
+            if 0 < refresh < _MIN_REFRESH:
+                raise self._fail(f"{prefix}.refresh", "must be 0 (only at start-up) or at least 1 minute")
+            pin = self._get(table, prefix, "pin", bool, PrefetchSettings.pin)
+            result.append(PrefetchSettings(image.strip(), tuple(platforms), pin, refresh))
+        return tuple(result)
 
     def _budget(self, storage: dict[str, Any]) -> tuple[int | None, int | None]:
         max_size = low = None
