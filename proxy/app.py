@@ -35,6 +35,8 @@ from proxy.endpoints.tags import list_tags
 from proxy.endpoints.token import issue_token
 from proxy.errors import RegistryError
 from proxy.lifecycle.budget import Budget
+from proxy.lifecycle.prefetch import PREFETCH_LOCK, Prefetcher, targets
+from proxy.lifecycle.pulls import UncountedPulls
 from proxy.lifecycle.service import Lifecycle
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.pullthrough.blobs import BlobService
@@ -68,6 +70,7 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The ASGI app. ``transport`` replaces the network for every upstream request (tests)."""
     client_auth = _client_auth(settings) if settings.auth.enabled else None
+    prefetch_targets = targets(settings.prefetch)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -97,16 +100,24 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             router = Router(origins)
             # One bounded table of the upstreams' recent 404s, for blobs and manifests alike.
             negative = NegativeCache()
+            # Pulls the prefetcher makes are not counted as pulls of the image.
+            pulls = UncountedPulls(lifecycle.ledger)
             services = Services(
                 router=router,
                 blobs=BlobService(cache, index, negative),
-                manifests=ManifestService(cache, index, negative=negative, images=lifecycle.ledger),
+                manifests=ManifestService(cache, index, negative=negative, images=pulls),
                 tags=TagService(index),
                 referrers=ReferrersService(cache, index),
                 catalog=CatalogService(index, router.default_registry),
                 access=client_auth.access if client_auth else None,
                 tokens=client_auth.tokens if client_auth else None,
             )
+            # [[prefetch]] in the background, through these services; also with no entries, to drop stale pins.
+            prefetcher = Prefetcher(
+                prefetch_targets, router, services.manifests, services.blobs, lifecycle, pulls, root / PREFETCH_LOCK
+            )
+            prefetcher.start()
+            stack.push_async_callback(prefetcher.stop)
             log.info("cache at %s; upstreams: %s", root, ", ".join(f"{o.registry}" for o in origins))
             yield {"services": services}
 
