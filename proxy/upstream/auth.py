@@ -28,6 +28,7 @@ import httpx
 
 from proxy.errors import RegistryError
 from proxy.upstream.challenge import Challenge, parse_challenges
+from proxy.upstream.failures import describe
 from proxy.upstream.hosts import AllowedHosts, HostRefused
 from proxy.upstream.pool import Congested
 from proxy.upstream.sanitize import printable
@@ -70,9 +71,11 @@ class RegistryAuth(httpx.Auth):
         password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         allowed: AllowedHosts | None = None,
+        on_fetch: Callable[[bool], None] | None = None,
     ) -> None:
         """``token_client`` must carry the upstream's timeouts (it fetches tokens); ``allowed``: the token realms the
-        upstream may name besides its own host (none if not given)."""
+        upstream may name besides its own host (none if not given); ``on_fetch``: told of each token fetch, and
+        whether it got a token (metrics)."""
         self._origin = _origin(httpx.URL(upstream_url))
         self._allowed = allowed or AllowedHosts.for_url(httpx.URL(upstream_url).host, upstream_url)
         self._host = self._allowed.own_host
@@ -86,6 +89,7 @@ class RegistryAuth(httpx.Auth):
         self._tokens: OrderedDict[_Key, _Token] = OrderedDict()  # least recently used first
         self._fetches: dict[_Key, asyncio.Task[_Token]] = {}  # in progress only
         self.token_fetches = 0
+        self._on_fetch = on_fetch or (lambda ok: None)
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if _origin(request.url) != self._origin:
@@ -214,12 +218,14 @@ class RegistryAuth(httpx.Auth):
         except httpx.PoolTimeout:
             # Waiting for a pooled connection is our congestion, not the token service (or the upstream) failing.
             raise Congested(f"too many token requests for {self._host} in flight") from None
-        except httpx.TimeoutException:
-            raise RegistryError.gateway_timeout(f"token service of {self._host} timed out") from None
         except httpx.TransportError as exc:
-            why = f"token service of {self._host} unreachable: {type(exc).__name__}"
+            self._on_fetch(False)
+            why = f"token service of {self._host} {describe(exc, exc.request).words}"
+            if isinstance(exc, httpx.TimeoutException):
+                raise RegistryError.gateway_timeout(why) from None
             raise RegistryError.unavailable(why) from None
         self.token_fetches += 1
+        self._on_fetch(response.status_code == 200)
         if response.status_code in (401, 403):
             raise RegistryError.unauthorized(f"token service of {self._host} rejected the configured credentials")
         if response.status_code != 200:

@@ -17,14 +17,26 @@ log = logging.getLogger(__name__)
 
 class CircuitBreaker:
     def __init__(
-        self, name: str, threshold: int = 3, cooloff: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self,
+        name: str,
+        threshold: int = 3,
+        cooloff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_change``: told True when the breaker opens, False when the upstream answers again (metrics)."""
         self.name = name
+        self._on_change = on_change or (lambda open: None)
         self._threshold = threshold
         self._cooloff = cooloff
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        """Open, or half open: failed ``threshold`` times in a row and not answered since."""
+        return self._failures >= self._threshold
 
     def open_for(self) -> float:
         """Seconds until requests may be tried again; 0 when they may be tried now."""
@@ -36,6 +48,7 @@ class CircuitBreaker:
     def success(self) -> None:
         if self._failures >= self._threshold:
             log.info("upstream %s is answering again", self.name)
+            self._on_change(False)
         self._failures = 0
 
     def failure(self) -> None:
@@ -48,4 +61,5 @@ class CircuitBreaker:
                     self._failures,
                     self._cooloff,
                 )
+                self._on_change(True)
             self._open_until = self._clock() + self._cooloff

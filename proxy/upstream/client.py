@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -23,9 +24,12 @@ import httpx
 from proxy.errors import RegistryError
 from proxy.media_types import Accept, base_media_type
 from proxy.upstream.breaker import CircuitBreaker
+from proxy.upstream.events import NO_EVENTS, UpstreamEvents
+from proxy.upstream.failures import FailureLog, describe
 from proxy.upstream.hosts import AllowedHosts, HostRefused, host_of
 from proxy.upstream.limiter import Limiter
 from proxy.upstream.pool import Congested, Lease, RequestPool
+from proxy.upstream.ratelimit import rate_limit
 from proxy.upstream.sanitize import retry_after, upstream_error
 from storage.digest import Digest, InvalidDigest
 
@@ -86,10 +90,13 @@ class BlobDownload:
     """An open upstream blob response; iterate the raw (undecoded) bytes, then close: closing gives its connection and
     its place among the upstream's requests back."""
 
-    def __init__(self, lease: Lease, size: int | None, offset: int) -> None:
+    def __init__(
+        self, lease: Lease, size: int | None, offset: int, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
         self._lease = lease
         self.size = size  # of the whole blob, when the upstream said
         self.offset = offset
+        self._on_bytes = on_bytes
         # A download dropped unclosed would hold its connection and its slot for good: close it when collected.
         self._finalizer = weakref.finalize(self, _dropped, lease)
         self._finalizer.atexit = False  # at exit there is no event loop, and nothing left to give back
@@ -97,6 +104,8 @@ class BlobDownload:
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._lease.response.aiter_raw():
+                if self._on_bytes is not None:
+                    self._on_bytes(len(chunk))
                 yield chunk
         except httpx.HTTPError as exc:
             raise DownloadInterrupted(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
@@ -123,17 +132,21 @@ class UpstreamRegistry:
         breaker: CircuitBreaker | None = None,
         allowed: AllowedHosts | None = None,
         pool: RequestPool | None = None,
+        events: UpstreamEvents = NO_EVENTS,
     ) -> None:
         """``client`` has the upstream as base URL, its auth and its timeouts, and must not follow redirects itself;
         ``allowed``: where blob downloads may be redirected besides the upstream's own host (nowhere if not given);
         ``pool``: admits requests, and must not admit more than ``client``'s pool has connections (httpx's default,
-        100, if not given)."""
+        100, if not given); ``events``: told about requests, bytes and failures (metrics)."""
         self.registry = registry
         self._client = client
         self._token_client = token_client
         self._breaker = breaker or CircuitBreaker(registry)
         self._allowed = allowed or AllowedHosts(registry, host_of(client.base_url))
         self._pool = pool or RequestPool(registry, Limiter(100), queue_timeout=60.0)
+        self._events = events
+        self._failures = FailureLog(log)
+        self._last_failure = ""  # said again while the breaker is open: why it opened
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -151,7 +164,7 @@ class UpstreamRegistry:
         path = f"/v2/{repository}/manifests/{reference}"
         lease = await self._send("GET", path, _accept(accept), what=reference)
         response = lease.response
-        body = await _read(lease, MAX_MANIFEST_SIZE, f"manifest {repository}:{reference}", raw=True)
+        body = await self._read(lease, MAX_MANIFEST_SIZE, f"manifest {repository}:{reference}", raw=True)
         computed = Digest.of(body)
         announced = _header_digest(response)
         if announced is not None and announced.algorithm == "sha256" and announced != computed:
@@ -176,7 +189,7 @@ class UpstreamRegistry:
             await lease.aclose()
             raise RegistryError.bad_gateway(f"upstream ignored a range request for {digest}")
         size = _total_size(response) if offset else _content_length(response)
-        return BlobDownload(lease, size, offset)
+        return BlobDownload(lease, size, offset, lambda count: self._events.upstream_bytes(self.registry, count))
 
     async def get_tags(self, repository: str, n: int | None, last: str | None) -> TagPage:
         params: dict[str, str] = {}
@@ -187,7 +200,7 @@ class UpstreamRegistry:
         path = f"/v2/{repository}/tags/list"
         headers = {"Accept": "application/json"}
         lease = await self._send("GET", path, headers, what=repository, params=params)
-        body = await _read(lease, MAX_MANIFEST_SIZE, f"tag list of {repository}")
+        body = await self._read(lease, MAX_MANIFEST_SIZE, f"tag list of {repository}")
         return TagPage(body, lease.response.headers.get("link"))
 
     async def get_referrers(
@@ -198,7 +211,7 @@ class UpstreamRegistry:
         headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
         lease = await self._send("GET", path, headers, what=str(subject), params=params)
         response = lease.response
-        body = await _read(lease, MAX_MANIFEST_SIZE, f"referrers of {repository}@{subject}")
+        body = await self._read(lease, MAX_MANIFEST_SIZE, f"referrers of {repository}@{subject}")
         media_type = (
             base_media_type(response.headers.get("content-type", "")) or "application/vnd.oci.image.index.v1+json"
         )
@@ -228,6 +241,8 @@ class UpstreamRegistry:
                 self._breaker.failure()
             else:
                 self._breaker.success()
+            if (limit := rate_limit(response.headers)) is not None:
+                self._events.rate_limit(self.registry, limit)
             if redirects and response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
                 await self._follow(lease, method, headers, what)
                 return lease
@@ -238,14 +253,18 @@ class UpstreamRegistry:
                 body = await lease.run(_read_bounded(response, 64 * 1024, "error body"))
             except (RegistryError, httpx.HTTPError):
                 pass  # the status alone is enough to report the error
-            raise _error_for(self.registry, path, what, response.status_code, response.headers, body)
+            error = _error_for(self.registry, path, what, response.status_code, response.headers, body)
+            if error.is_outage:
+                self._failed(error.message + _retry_note(error))
+            raise error
         except BaseException:
             await lease.aclose()
             raise
 
     def _check_breaker(self) -> None:
         if wait := self._breaker.open_for():
-            raise RegistryError.unavailable(f"upstream {self.registry} is failing; next attempt in {wait:.0f} s")
+            why = f" ({self._last_failure})" if self._last_failure else ""
+            raise RegistryError.unavailable(f"upstream {self.registry} is failing{why}; next attempt in {wait:.0f} s")
 
     async def _follow(self, lease: Lease, method: str, headers: dict[str, str], what: str) -> None:
         """Follow the upstream's redirect of a blob request, on the same lease: its final response is a success."""
@@ -271,25 +290,33 @@ class UpstreamRegistry:
         raise RegistryError.bad_gateway(f"upstream {self.registry} redirected {what} more than {MAX_REDIRECTS} times")
 
     async def _exchange(self, lease: Lease, request: httpx.Request, peer: str, *, upstream: bool) -> httpx.Response:
-        """Send one request; transport failures become registry errors (counted by the breaker if ``upstream``)."""
+        """Send one request; transport failures become registry errors (counted by the breaker if ``upstream``) whose
+        message says what failed: a DNS lookup, a refused connection, a timeout, TLS."""
+        started = time.monotonic()
         try:
             if upstream:
-                return await lease.send(self._client, request)
-            return await lease.send(self._client, request, auth=None)
+                response = await lease.send(self._client, request)
+            else:
+                response = await lease.send(self._client, request, auth=None)
+            self._events.upstream_request(
+                self.registry, request.method, str(response.status_code), time.monotonic() - started
+            )
+            return response
         except httpx.PoolTimeout:
             # Cannot happen while the pool has a connection for every slot: if it does, connections are being lost
             # (see proxy.upstream.pool). Our trouble either way, not the upstream failing.
             log.error("no pooled connection to %s within the pool timeout, though the request had its turn", peer)
             raise Congested(f"too many requests to upstream {self.registry} in flight") from None
-        except httpx.TimeoutException:
-            self._failure(upstream)
-            raise RegistryError.gateway_timeout(f"{peer} timed out") from None
-        except (httpx.ConnectError, httpx.NetworkError) as exc:
-            self._failure(upstream)
-            raise RegistryError.unavailable(f"{peer} unreachable: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             self._failure(upstream)
-            raise RegistryError.bad_gateway(f"{peer} failed: {type(exc).__name__}") from None
+            failure = describe(exc, _failed_request(exc, request))
+            self._events.upstream_request(self.registry, request.method, failure.kind, time.monotonic() - started)
+            message = self._failed(f"{peer} {failure.words}")
+            if isinstance(exc, httpx.TimeoutException):
+                raise RegistryError.gateway_timeout(message) from None
+            if isinstance(exc, httpx.ConnectError | httpx.NetworkError):
+                raise RegistryError.unavailable(message) from None
+            raise RegistryError.bad_gateway(message) from None
         except (HostRefused, Congested):
             # A configuration matter, or the proxy's own congestion (the token service's pool): not an outage of
             # the upstream, and the breaker would only hide the message.
@@ -304,6 +331,18 @@ class UpstreamRegistry:
         # Only the upstream's own failures open its breaker; a redirect target's cost one download, no more.
         if upstream:
             self._breaker.failure()
+
+    def _failed(self, message: str) -> str:
+        """Say that the upstream failed: in the log (once, then now and then), to metrics, and to the caller."""
+        self._last_failure = message
+        self._failures.warning(message)
+        self._events.upstream_failure(self.registry, message)
+        return message
+
+    async def _read(self, lease: Lease, limit: int, what: str, raw: bool = False) -> bytes:
+        body = await _read(lease, limit, what, raw)
+        self._events.upstream_bytes(self.registry, len(body))
+        return body
 
 
 def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.Headers, body: bytes) -> RegistryError:
@@ -330,6 +369,19 @@ def _error_for(registry: str, path: str, what: str, status: int, headers: httpx.
     if status in (502, 503, 504):
         return RegistryError.unavailable(f"upstream {registry} answered {status}")
     return RegistryError.bad_gateway(f"upstream {registry} answered {status}{suffix}")
+
+
+def _failed_request(exc: httpx.HTTPError, sent: httpx.Request) -> httpx.Request:
+    # The request that failed may be one the auth flow made (its /v2/ ping): same host, same timeouts.
+    try:
+        return exc.request
+    except RuntimeError:
+        return sent
+
+
+def _retry_note(error: RegistryError) -> str:
+    after = error.headers.get("Retry-After")
+    return f" (Retry-After: {after})" if after else ""
 
 
 def _suffix(code: str | None, message: str | None) -> str:
