@@ -17,7 +17,7 @@ from proxy.pullthrough.manifests import Manifest
 from proxy.pullthrough.segments import FileSegment
 from storage.digest import Digest
 
-__all__ = ["STALE_WARNING", "BlobResponse", "error_response", "manifest_response"]
+__all__ = ["STALE_WARNING", "BlobResponse", "error_response", "manifest_response", "x_cache"]
 
 # RFC 7234 warn-code 110: served from the cache past its freshness because the upstream failed.
 STALE_WARNING = '110 - "Response is Stale"'
@@ -39,8 +39,14 @@ def manifest_response(manifest: Manifest, head: bool) -> Response:
     }
     if manifest.stale:
         headers["Warning"] = STALE_WARNING
+    headers["X-Cache"] = x_cache(manifest)
     # HEAD must still announce the real length: containerd needs Content-Length with the digest.
     return Response(b"" if head else manifest.body, 200, headers, media_type=manifest.media_type)
+
+
+def x_cache(manifest: Manifest) -> str:
+    # Whether the cache answered; STALE: the upstream was asked, failed, and the cache answered past its freshness.
+    return "STALE" if manifest.stale else "HIT" if manifest.cached else "MISS"
 
 
 class BlobResponse(Response):

@@ -6,7 +6,7 @@ from starlette.responses import Response
 from proxy.endpoints.references import parse_reference
 from proxy.endpoints.target import echo_namespace, target
 from proxy.media_types import Accept
-from proxy.responses import manifest_response
+from proxy.responses import manifest_response, x_cache
 from proxy.services import services
 
 __all__ = ["get_manifest"]
@@ -23,5 +23,6 @@ async def get_manifest(request: Request) -> Response:
     else:
         manifest = await svc.manifests.by_digest(origin, repository, reference, accept)
     if request.headers.get("if-none-match") == f'"{manifest.digest}"':
-        return echo_namespace(Response(status_code=304, headers={"ETag": f'"{manifest.digest}"'}), where)
+        headers = {"ETag": f'"{manifest.digest}"', "X-Cache": x_cache(manifest)}
+        return echo_namespace(Response(status_code=304, headers=headers), where)
     return echo_namespace(manifest_response(manifest, head=request.method == "HEAD"), where)

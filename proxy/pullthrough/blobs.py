@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable
 
 from proxy.errors import RegistryError
 from proxy.pullthrough.errors import FillFailed
+from proxy.pullthrough.events import NO_PULL_EVENTS, PullEvents
 from proxy.pullthrough.fill import BlobFill
 from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.relay import RelayedBlob
@@ -64,8 +65,15 @@ UpstreamKey = tuple[str, str, Digest]
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, index: RepositoryIndex, negative: NegativeCache | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: RepositoryIndex,
+        negative: NegativeCache | None = None,
+        events: PullEvents = NO_PULL_EVENTS,
+    ) -> None:
         self._store = store
+        self._events = events
         # Which repositories are known to hold which blobs: committed bytes are shared by digest, but a blob is served
         # under a repository only once that repository is known to hold it (else anyone could read a private
         # repository's layers through any public name, or another registry's prefix, by asking for the digest).
@@ -78,18 +86,22 @@ class BlobService:
         self._heads: SingleFlight[int] = SingleFlight()
 
     async def stat(self, origin: Origin, repository: str, digest: Digest) -> int:
+        return (await self.head(origin, repository, digest))[0]
+
+    async def head(self, origin: Origin, repository: str, digest: Digest) -> tuple[int, bool]:
+        """The blob's size, and whether the cache had it (else the upstream, or a fill, said it)."""
         size = await self._cached_size(digest)
         if size is not None and await self._linked(origin, repository, digest):
-            return size
+            return size, True
         key = (origin.registry, repository, digest)
         fill = self._fills.get(key)
         if fill is not None:
             try:
                 if (size := await fill.ready()) is not None:
-                    return size
+                    return size, False
             except (RegistryError, StorageError):
                 pass  # the fill's own trouble; a HEAD of our own decides
-        return await self._confirm(origin, repository, digest)
+        return await self._confirm(origin, repository, digest), False
 
     async def _confirm(self, origin: Origin, repository: str, digest: Digest) -> int:
         """The blob's size by one upstream HEAD under this repository (shared by concurrent callers); the
@@ -148,7 +160,10 @@ class BlobService:
             # committing identical content twice is an atomic replace.
             fill = BlobFill(digest, self._store, download, lambda done: self._forget(key, done))
             self._fills[key] = fill
+            self._events.fill_started()
             fill.start()
+        else:
+            self._events.joined("blob")
         try:
             await fill.ready()
         except RegistryError as exc:
@@ -169,5 +184,6 @@ class BlobService:
             return None
 
     def _forget(self, key: UpstreamKey, fill: BlobFill) -> None:
+        self._events.fill_finished()
         if self._fills.get(key) is fill:
             del self._fills[key]

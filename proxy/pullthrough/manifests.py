@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from proxy.errors import RegistryError
 from proxy.media_types import DOCKER_MANIFEST_LIST, Accept
+from proxy.pullthrough.events import NO_PULL_EVENTS, PullEvents
 from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.negotiation import default_image, not_accepted
 from proxy.pullthrough.singleflight import SingleFlight
@@ -40,6 +41,7 @@ class Manifest:
     media_type: str
     body: bytes  # exactly the upstream's bytes: the digest is computed over them
     stale: bool = False  # served from the cache past its TTL because the upstream failed
+    cached: bool = False  # read from the cache (X-Cache: HIT), not fetched from the upstream for this request
 
 
 class ManifestService:
@@ -50,6 +52,7 @@ class ManifestService:
         clock: Callable[[], float] = time.time,
         negative: NegativeCache | None = None,
         images: ImageRecorder | None = None,
+        events: PullEvents = NO_PULL_EVENTS,
     ) -> None:
         self._blobs = blobs
         self._index = index
@@ -58,7 +61,7 @@ class ManifestService:
         self._negative = negative or NegativeCache()
         self._images = images  # the inventory's record of cached images and their pulls
         # Concurrent pulls of one tag or digest share one lookup and at most one upstream round trip.
-        self._flights: SingleFlight[Manifest] = SingleFlight()
+        self._flights: SingleFlight[Manifest] = SingleFlight(on_join=lambda: events.joined("manifest"))
 
     async def by_digest(self, origin: Origin, repository: str, digest: Digest, accept: Accept) -> Manifest:
         manifest = await self._digest(origin, repository, digest)
@@ -170,7 +173,7 @@ class ManifestService:
         # is refetched instead of served.
         if body is None or Digest.of(body, digest.algorithm) != digest:
             return None
-        return Manifest(digest, record.media_type, body)
+        return Manifest(digest, record.media_type, body, cached=True)
 
     async def _remember(self, origin: Origin, repository: str, fetched: FetchedManifest) -> Manifest:
         manifest = Manifest(fetched.digest, fetched.media_type, fetched.body)

@@ -12,8 +12,10 @@ T = TypeVar("T")
 
 
 class SingleFlight(Generic[T]):
-    def __init__(self) -> None:
+    def __init__(self, on_join: Callable[[], None] | None = None) -> None:
+        """``on_join``: told whenever a caller is answered by a call another caller started (metrics)."""
         self._calls: dict[Hashable, asyncio.Task[T]] = {}
+        self._on_join = on_join
 
     async def do(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
         """The result of ``call()``, shared with every concurrent ``do`` for the same key.
@@ -26,6 +28,8 @@ class SingleFlight(Generic[T]):
             task = asyncio.ensure_future(call())
             self._calls[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
+        elif self._on_join is not None:
+            self._on_join()
         return await asyncio.shield(task)
 
     def _finished(self, key: Hashable, task: asyncio.Task[T]) -> None:

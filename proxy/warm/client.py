@@ -217,7 +217,7 @@ class Warmer:
                 self._observer.blob_advanced(str(blob.digest), len(chunk))
         if received != blob.size:
             raise WarmError(f"{blob.digest}: received {received} bytes, the manifest says {blob.size}")
-        if cache == "MISS":
+        if cache in ("MISS", "RELAYED"):  # RELAYED: the proxy said it could not keep it; the second GET shows it
             async with self._client.stream("GET", url) as again:
                 if again.status_code != 200 or again.headers.get("x-cache") != "HIT":
                     raise WarmError(
