@@ -22,6 +22,8 @@ __all__ = [
     "AuthSettings",
     "ConfigError",
     "PrefetchSettings",
+    "LogSettings",
+    "MetricsSettings",
     "ServerSettings",
     "Settings",
     "StaticToken",
@@ -144,6 +146,20 @@ class PrefetchSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    format: str = "text"  # or "json": one JSON object per line, for log shippers
+    level: str = "info"  # debug, info, warning, error; `serve --log-level` overrides it
+    access: bool = True  # one line per request, on the logger "proxy.access"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    # Who may read /metrics and the status page /: "anyone", "loopback" (clients on this machine), or
+    # "authenticated" (a login, as for pulls; needs [auth]). None: "authenticated" with [auth], else "anyone".
+    access: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -151,6 +167,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     access: tuple[AccessSettings, ...] = ()
     prefetch: tuple[PrefetchSettings, ...] = ()
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 # Each request to an upstream may hold a connection (a file descriptor) and a token fetch another.
@@ -292,9 +310,10 @@ class _Reader:
             raise self._fail(f"{prefix}.{name}", str(exc)) from None
 
     def settings(self, raw: dict[str, Any]) -> Settings:
+        sections = ("server", "storage", "upstreams", "auth", "access", "prefetch", "log", "metrics")
         for name in raw:
-            if name not in ("server", "storage", "upstreams", "auth", "access", "prefetch"):
-                raise self._fail(name, "unknown key (allowed: server, storage, upstreams, auth, access, prefetch)")
+            if name not in sections:
+                raise self._fail(name, f"unknown key (allowed: {', '.join(sections)})")
         server = self._table(
             raw,
             "server",
@@ -364,7 +383,31 @@ class _Reader:
             auth=(auth := self._auth(raw)),
             access=self._access(raw, auth, {u.registry for u in upstreams}),
             prefetch=self._prefetch(raw, {u.registry for u in upstreams}),
+            log=self._log(raw),
+            metrics=self._metrics(raw, auth),
         )
+
+    def _log(self, raw: dict[str, Any]) -> LogSettings:
+        table = self._table(raw, "log", {"format", "level", "access"})
+        settings = LogSettings(
+            format=self._get(table, "log", "format", str, LogSettings.format),
+            level=self._get(table, "log", "level", str, LogSettings.level),
+            access=self._get(table, "log", "access", bool, LogSettings.access),
+        )
+        if settings.format not in ("text", "json"):
+            raise self._fail("log.format", f'expected "text" or "json", got {settings.format!r}')
+        if settings.level not in ("debug", "info", "warning", "error"):
+            raise self._fail("log.level", f'expected "debug", "info", "warning" or "error", got {settings.level!r}')
+        return settings
+
+    def _metrics(self, raw: dict[str, Any], auth: AuthSettings) -> MetricsSettings:
+        table = self._table(raw, "metrics", {"access"})
+        access = self._get(table, "metrics", "access", str, None)
+        if access is not None and access not in ("anyone", "loopback", "authenticated"):
+            raise self._fail("metrics.access", f'expected "anyone", "loopback" or "authenticated", got {access!r}')
+        if access == "authenticated" and not auth.enabled:
+            raise self._fail("metrics.access", "needs client authentication: configure [auth] htpasswd or tokens")
+        return MetricsSettings(access)
 
     def _auth(self, raw: dict[str, Any]) -> AuthSettings:
         table = self._table(
