@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.commands import gc as gc_command, ls as ls_command
 from proxy.config import ConfigError, Settings, load
+from proxy.observability import logs
 from proxy.server import EXIT_REFUSED, serve
 from proxy.warm import command as warm
 from storage.verify import verify_blobs
@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         help="TOML config file (default: $REGISTRY_PROXY_CONFIG, else built-in defaults: Docker Hub, "
         "cache in ./registry-proxy-cache)",
     )
-    serve_command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_command.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="default: [log] level"
+    )
     verify = commands.add_parser(
         "verify", help="re-hash every cached blob; report and remove corrupt ones (exit status 1 if any)"
     )
@@ -73,10 +75,7 @@ def verify_cache(settings: Settings, *, remove: bool) -> int:
     return 1 if corrupt else 0
 
 
-def serve_forever(settings: Settings, log_level: str) -> int:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # httpx logs every request at INFO; our own log lines say what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    return serve(settings, log_level)
+def serve_forever(settings: Settings, log_level: str | None) -> int:
+    # Our format and logger names ([log] format: text or JSON lines), before anything logs.
+    logs.configure(settings.log, log_level)
+    return serve(settings, log_level or settings.log.level)

@@ -15,7 +15,7 @@ The pieces, each usable on its own:
 - :class:`Podman`: podman with storage, network config and events of its own under one directory and run state in a
   short one of its own, so that it neither sees nor leaves images or containers on the machine (podman 4.3 still
   creates an empty ``/run/containers/networks`` whatever its flags); ``pull``, ``image inspect``, ``run``.
-- :class:`ProxyAccessLog`: the requests the proxy logged (uvicorn's access log in ``ProxyServer.log_path``) since a
+- :class:`ProxyAccessLog`: the requests the proxy logged (its access log in ``ProxyServer.log_path``) since a
   mark, to show which requests a client sent.
 
 What podman 4.3 needs to run a container as root in a sandbox without ``CAP_SYS_RESOURCE`` (see :data:`RUN_ULIMITS`):
@@ -417,9 +417,10 @@ class Podman:
 
 # -- the proxy's access log --------------------------------------------------------------------------------------------
 
-# 2026-11-28 01:01:05,855 INFO uvicorn.access: 127.0.0.1:47696 - "GET /v2/library/oci-image/manifests/1 HTTP/1.1" 200
+# 2026-11-28 01:01:05,855 INFO proxy.access: 127.0.0.1:47696 - "GET /v2/library/oci-image/manifests/1 HTTP/1.1" 200
+#   1234 0.8ms cache=hit upstream=docker.io
 _ACCESS = re.compile(
-    r"uvicorn\.access: (?P<client>\S+) - \"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+\" (?P<status>\d{3})"
+    r"proxy\.access: (?P<client>\S+) \S+ \"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+\" (?P<status>\d{3})"
 )
 
 
@@ -427,7 +428,7 @@ _ACCESS = re.compile(
 class ProxyRequest:
     method: str
     target: str
-    """Path and query string as logged (percent-encoding as the client sent it, e.g. ``sha256%3A...``)."""
+    """Path (percent-decoded: ``sha256:...`` however the client wrote it) and query string, as logged."""
     status: int
 
     @property
@@ -438,7 +439,7 @@ class ProxyRequest:
 class ProxyAccessLog:
     """The requests in the proxy's log (``ProxyServer.log_path``), from a byte offset taken with :meth:`mark`.
 
-    uvicorn logs a request when its response has started, so call this after the client exited.
+    The proxy logs a request once it has sent its answer, so call this after the client exited.
     """
 
     def __init__(self, path: Path) -> None:

@@ -56,8 +56,9 @@ GHCR_TAG = "1"
 
 # -- the proxy's access log ---------------------------------------------------------------------------------------
 
-# 2026-11-28 01:02:00,414 INFO uvicorn.access: 127.0.0.1:58924 - "HEAD /v2/org/app/manifests/1?ns=ghcr.io HTTP/1.1" 404
-_ACCESS_LINE = re.compile(r'uvicorn\.access: \S+ - "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+# 2026-11-28 01:02:00,414 INFO proxy.access: 127.0.0.1:58924 - "HEAD /v2/org/app/manifests/1?ns=ghcr.io HTTP/1.1" 404 0
+#   0.9ms cache=none upstream=ghcr.io
+_ACCESS_LINE = re.compile(r'proxy\.access: \S+ \S+ "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 
 
 @dataclass(frozen=True)

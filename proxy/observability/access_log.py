@@ -1,0 +1,74 @@
+"""The access log: one line per request on the logger ``proxy.access``, text or JSON (``[log] format``).
+
+A line costs one ``logging`` call with a dict, and nothing at all when INFO is off: the text is made by the
+handler's formatter, only if the record is emitted. The path is the one the client asked for, percent-decoded (a
+digest reads ``sha256:...``), with whatever could break a line or a field escaped; query parameters that look like
+credentials are blanked. No header is ever logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import quote
+
+from proxy.upstream.sanitize import printable
+
+__all__ = ["ACCESS_FORMAT", "ACCESS_LOGGER", "AccessLog"]
+
+ACCESS_LOGGER = "proxy.access"
+ACCESS_FORMAT = (
+    '%(client)s %(user)s "%(method)s %(path)s HTTP/%(http)s" %(status)d %(bytes)d %(duration_ms).1fms '
+    "cache=%(cache)s upstream=%(upstream)s"
+)
+# Printable ASCII except space, '"' and '\': everything else in a path is percent-encoded in the log (and '%'
+# itself, which in a decoded path stands for itself; a query is logged as sent, so its escapes stay).
+_SAFE_QUERY = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"\\')
+_SAFE_PATH = _SAFE_QUERY.replace("%", "")
+_PLAIN_PATH = re.compile(r"[!#$&-\[\]-~]*")  # _SAFE_PATH as a character class: such a path is logged as it is
+_SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|passw|secret|key|signature|credential|auth)[^&=]*=)[^&]*")
+
+
+class AccessLog:
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger(ACCESS_LOGGER)
+
+    def enabled(self) -> bool:
+        return self._log.isEnabledFor(logging.INFO)
+
+    def write(
+        self,
+        *,
+        client: str,
+        user: str,
+        method: str,
+        path: str,
+        query: bytes,
+        http: str,
+        status: int,
+        sent: int,
+        seconds: float,
+        cache: str,
+        upstream: str,
+    ) -> None:
+        shown = path if _PLAIN_PATH.fullmatch(path) else _quoted(path, _SAFE_PATH)
+        if query:
+            shown += "?" + _quoted(_SECRET_PARAM.sub(r"\1REDACTED", query.decode("latin-1")), _SAFE_QUERY)
+        fields = {
+            "client": client,
+            "user": user,
+            "method": printable(method, 20).replace(" ", "_") or "-",
+            "path": shown[:2048],
+            "http": http,
+            "status": status,
+            "bytes": sent,
+            "duration_ms": round(seconds * 1000, 1),
+            "cache": cache,
+            "upstream": upstream or "-",
+        }
+        # `access` marks the record for the JSON formatter: its fields become the line's.
+        self._log.info(ACCESS_FORMAT, fields, extra={"access": True})
+
+
+def _quoted(text: str, safe: str) -> str:
+    return quote(text, safe=safe, encoding="utf-8", errors="backslashreplace")
