@@ -6,6 +6,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -39,6 +41,12 @@ from proxy.lifecycle.prefetch import PREFETCH_LOCK, Prefetcher, targets
 from proxy.lifecycle.pulls import UncountedPulls
 from proxy.lifecycle.service import Lifecycle
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
+from proxy.observability.access_log import AccessLog
+from proxy.observability.exposition import MetricsEndpoint
+from proxy.observability.health import Health
+from proxy.observability.metrics import Metrics
+from proxy.observability.requests import RequestObserver
+from proxy.observability.status_page import StatusPage
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.catalog import CatalogService
 from proxy.pullthrough.manifests import ManifestService
@@ -49,6 +57,7 @@ from proxy.responses import error_response
 from proxy.routing import Origin, Router
 from proxy.services import Services
 from proxy.upstream.auth import RegistryAuth
+from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.client import UpstreamRegistry
 from proxy.upstream.hosts import AllowedHosts
 from proxy.upstream.limiter import Limiter
@@ -67,10 +76,14 @@ _SHARED_SWEEP_GRACE = 600.0
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    """The ASGI app. ``transport`` replaces the network for every upstream request (tests)."""
+def create_app(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, metrics_dir: Path | None = None
+) -> Starlette:
+    """The ASGI app. ``transport`` replaces the network for every upstream request (tests); ``metrics_dir``: where
+    every worker process's metrics are, when there are several (:mod:`proxy.observability.multiprocess`)."""
     client_auth = _client_auth(settings) if settings.auth.enabled else None
     prefetch_targets = targets(settings.prefetch)
+    metrics = Metrics([upstream.registry for upstream in settings.upstreams], metrics_dir)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -88,7 +101,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 log.error("cache root %s is not usable (%s); serving without caching", root, exc.strerror)
             origins = []
             for upstream in settings.upstreams:
-                remote = upstream_registry(upstream, transport)
+                remote = upstream_registry(upstream, transport, metrics)
                 stack.push_async_callback(remote.aclose)
                 origins.append(Origin(upstream.registry, remote, upstream.tag_ttl, upstream.negative_ttl))
             index = FilesystemIndex(root)
@@ -104,8 +117,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             pulls = UncountedPulls(lifecycle.ledger)
             services = Services(
                 router=router,
-                blobs=BlobService(cache, index, negative),
-                manifests=ManifestService(cache, index, negative=negative, images=pulls),
+                blobs=BlobService(cache, index, negative, events=metrics),
+                manifests=ManifestService(cache, index, negative=negative, images=pulls, events=metrics),
                 tags=TagService(index),
                 referrers=ReferrersService(cache, index),
                 catalog=CatalogService(index, router.default_registry),
@@ -131,7 +144,30 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         Route("/v2/{path:path}", not_found_or_unsupported, methods=_ALL_METHODS),
         Route(TOKEN_PATH, issue_token, methods=["GET"]),
     ]
-    middleware = [Middleware(ApiVersionHeaderMiddleware), Middleware(RequestLimitsMiddleware)]
+    # Outside /v2/: health never needs a login; /metrics and the status page as [metrics] access says.
+    observed = settings.metrics.access or ("authenticated" if client_auth is not None else "anyone")
+    health = Health(settings.storage.root.resolve(), metrics.upstreams)
+    exposition = MetricsEndpoint(metrics, observed)
+    page = StatusPage(metrics, observed)
+    routes += [
+        Route("/healthz", health.alive, methods=["GET"]),
+        Route("/readyz", health.ready, methods=["GET"]),
+        Route("/metrics", exposition.serve, methods=["GET"]),
+        Route("/", page.serve, methods=["GET"]),
+    ]
+    # The names requests are counted under (the metrics' endpoint label).
+    endpoints: dict[Any, str] = {
+        api_base: "base", catalog: "catalog", get_manifest: "manifest", get_blob: "blob", list_tags: "tags",
+        list_referrers: "referrers", not_found_or_unsupported: "fallback", issue_token: "token",
+        health.alive: "healthz", health.ready: "readyz", exposition.serve: "metrics", page.serve: "status",
+    }  # fmt: skip
+    access_log = AccessLog() if settings.log.access else None
+    middleware = [
+        # Outermost: it sees every answer, the refusals of the middleware below included, and the login.
+        Middleware(RequestObserver, metrics=metrics, endpoints=endpoints, access_log=access_log),
+        Middleware(ApiVersionHeaderMiddleware),
+        Middleware(RequestLimitsMiddleware),
+    ]
     if client_auth is not None:
         access = client_auth.access
 
@@ -185,8 +221,12 @@ def _client_auth(settings: Settings) -> _ClientAuth:
     return _ClientAuth(backend, AccessControl(AccessPolicy(rules, defaults), auth.service), tokens)
 
 
-def upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None) -> UpstreamRegistry:
-    """The client for one configured upstream, as the server uses it (also for CLI commands that ask upstreams)."""
+def upstream_registry(
+    upstream: UpstreamSettings, transport: httpx.AsyncBaseTransport | None, metrics: Metrics | None = None
+) -> UpstreamRegistry:
+    """The client for one configured upstream, as the server uses it (also for CLI commands that ask upstreams);
+    ``metrics`` is told what it does (a throwaway set of its own if not given)."""
+    metrics = metrics or Metrics([upstream.registry])
     # Every request to the upstream, its token service and its redirect targets is built by these two clients, so
     # carries these timeouts. A request waits its turn in the RequestPool (up to read_timeout), and every request
     # with a turn has a pooled connection ready (the pools hold one per turn; token fetches happen within a turn),
@@ -196,7 +236,15 @@ def upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTran
     headers = {"User-Agent": f"registry-proxy/{__version__}"}
     allowed = AllowedHosts.for_url(upstream.registry, upstream.url, upstream.redirect_hosts, upstream.token_realms)
     token_client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=transport)
-    auth = RegistryAuth(upstream.url, token_client, upstream.username, upstream.password, allowed=allowed)
+    registry = upstream.registry
+    auth = RegistryAuth(
+        upstream.url,
+        token_client,
+        upstream.username,
+        upstream.password,
+        allowed=allowed,
+        on_fetch=lambda ok: metrics.token_fetch(registry, ok),
+    )
     client = httpx.AsyncClient(
         base_url=upstream.url,
         auth=auth,
@@ -206,8 +254,9 @@ def upstream_registry(upstream: UpstreamSettings, transport: httpx.AsyncBaseTran
         headers={**headers, "Accept-Encoding": "identity"},
         transport=transport,
     )
-    pool = RequestPool(upstream.registry, Limiter(upstream.max_concurrent_requests), upstream.read_timeout)
-    return UpstreamRegistry(upstream.registry, client, token_client, allowed=allowed, pool=pool)
+    pool = RequestPool(registry, Limiter(upstream.max_concurrent_requests), upstream.read_timeout)
+    breaker = CircuitBreaker(registry, on_change=lambda open: metrics.breaker(registry, open))
+    return UpstreamRegistry(registry, client, token_client, breaker, allowed=allowed, pool=pool, events=metrics)
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
