@@ -48,7 +48,10 @@ def describe(exc: httpx.HTTPError, request: httpx.Request) -> Failure:
             why = printable(cause.verify_message or cause.reason or "certificate verify failed")
             return Failure("tls", f"unreachable: TLS error with {host}: its certificate is not trusted ({why})")
         if isinstance(cause, ssl.SSLError):
-            return Failure("tls", f"unreachable: TLS error with {host}: {printable(cause.reason or str(cause))}")
+            why = printable(cause.reason.lower().replace("_", " ") if cause.reason else str(cause))
+            if cause.reason == "WRONG_VERSION_NUMBER":
+                why += " (it may speak plain HTTP: check the scheme of the upstream's url)"
+            return Failure("tls", f"unreachable: TLS error with {host}: {why}")
         if isinstance(cause, ConnectionResetError):
             return Failure("network", f"failed: connection to {host} reset")
     if isinstance(exc, httpx.RemoteProtocolError):
