@@ -30,7 +30,7 @@ class UpstreamState:
 
     @property
     def reachable(self) -> bool | None:
-        """Whether the last exchange got an answer; None before the first one."""
+        """Whether the last exchange went well (an answer below 500); None before the first one."""
         if self.answered_at is None and self.failed_at is None:
             return None
         return (self.answered_at or 0.0) >= (self.failed_at or 0.0)

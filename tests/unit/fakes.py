@@ -41,6 +41,7 @@ class FakeRegistry:
     credentials: tuple[str, str] | None = None  # if set, the token endpoint requires them
     fail: int | None = None
     fail_headers: dict[str, str] = field(default_factory=dict)
+    manifest_headers: dict[str, str] = field(default_factory=dict)  # on manifest answers (ratelimit-*, say)
     corrupt_blobs: bool = False
     hits: Counter[str] = field(default_factory=Counter)  # "GET /v2/..." → count, for authorized requests
     token_requests: list[httpx.Request] = field(default_factory=list)
@@ -96,7 +97,7 @@ class FakeRegistry:
                 media_type, content = self.manifests.get((repo, _amd64_entry(content)), (media_type, content))
             if media_type not in accept:
                 return httpx.Response(404, json=_error("MANIFEST_UNKNOWN"))
-            headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256(content)}
+            headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256(content), **self.manifest_headers}
             if request.method == "HEAD":
                 headers["Content-Length"] = str(len(content))
                 return httpx.Response(200, headers=headers)
