@@ -26,7 +26,11 @@ ACCESS_FORMAT = (
 _SAFE_QUERY = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"\\')
 _SAFE_PATH = _SAFE_QUERY.replace("%", "")
 _PLAIN_PATH = re.compile(r"[!#$&-\[\]-~]*")  # _SAFE_PATH as a character class: such a path is logged as it is
-_SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|passw|secret|key|signature|credential|auth)[^&=]*=)[^&]*")
+# Matched against each parameter's name only: linear in the query, whatever a hostile client sends.
+_SECRET_NAME = re.compile(r"(?i)token|passw|secret|key|signature|credential|auth")
+# No registry request comes near these; a longer path or query is logged cut (with "..." at the end).
+_MAX_PATH = 2048
+_MAX_QUERY = 1024
 
 
 class AccessLog:
@@ -51,14 +55,16 @@ class AccessLog:
         cache: str,
         upstream: str,
     ) -> None:
+        if len(path) > _MAX_PATH:
+            path = path[:_MAX_PATH] + "..."
         shown = path if _PLAIN_PATH.fullmatch(path) else _quoted(path, _SAFE_PATH)
         if query:
-            shown += "?" + _quoted(_SECRET_PARAM.sub(r"\1REDACTED", query.decode("latin-1")), _SAFE_QUERY)
+            shown += "?" + _quoted(_redacted(query), _SAFE_QUERY)
         fields = {
             "client": client,
             "user": user,
             "method": printable(method, 20).replace(" ", "_") or "-",
-            "path": shown[:2048],
+            "path": shown,
             "http": http,
             "status": status,
             "bytes": sent,
@@ -68,6 +74,16 @@ class AccessLog:
         }
         # `access` marks the record for the JSON formatter: its fields become the line's.
         self._log.info(ACCESS_FORMAT, fields, extra={"access": True})
+
+
+def _redacted(query: bytes) -> str:
+    text = query[:_MAX_QUERY].decode("latin-1") + ("..." if len(query) > _MAX_QUERY else "")
+    parameters = text.split("&")
+    for i, parameter in enumerate(parameters):
+        name, equals, _ = parameter.partition("=")
+        if equals and _SECRET_NAME.search(name):
+            parameters[i] = f"{name}=REDACTED"
+    return "&".join(parameters)
 
 
 def _quoted(text: str, safe: str) -> str:

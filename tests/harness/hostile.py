@@ -405,7 +405,7 @@ def hostile_requests(host: str, target: Target) -> list[HostileRequest]:
     add("trailing slash after tag", f"/v2/{repo}/manifests/{tag}/", _NO_ROUTE)
     add("manifests with no reference", f"/v2/{repo}/manifests/", _NO_ROUTE)
     add("tags/list with trailing junk", f"/v2/{repo}/tags/list/..", _NO_ROUTE)
-    add("root", "/", _NO_ROUTE)
+    add("root", "/", _OK)  # the status page
     add("favicon", "/favicon.ico", _NO_ROUTE)
     # Query strings with junk.
     # An ns naming no configured registry is NAME_UNKNOWN, and never a connection anywhere.
