@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -42,6 +43,7 @@ from proxy.lifecycle.pulls import UncountedPulls
 from proxy.lifecycle.service import Lifecycle
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.observability.access_log import AccessLog
+from proxy.observability.cache_usage import report_cache_usage
 from proxy.observability.exposition import MetricsEndpoint
 from proxy.observability.health import Health
 from proxy.observability.metrics import Metrics
@@ -106,9 +108,14 @@ def create_app(
                 origins.append(Origin(upstream.registry, remote, upstream.tag_ttl, upstream.negative_ttl))
             index = FilesystemIndex(root)
             # The inventory, the budget and pins: every read, fill and manifest goes through its ledger.
-            lifecycle = Lifecycle(root, blobs, index, Budget.of(settings.storage))
+            budget = Budget.of(settings.storage)
+            lifecycle = Lifecycle(root, blobs, index, budget, on_evicted=metrics.evicted)
             await lifecycle.start()
             stack.push_async_callback(lifecycle.stop)
+            usage = asyncio.create_task(
+                report_cache_usage(lifecycle.totals, budget.max_size if budget else None, metrics), name="cache usage"
+            )
+            stack.push_async_callback(_cancel, usage)  # before the lifecycle stops (the stack unwinds in reverse)
             cache = AccountedBlobStore(blobs, lifecycle.ledger)
             router = Router(origins)
             # One bounded table of the upstreams' recent 404s, for blobs and manifests alike.
@@ -196,6 +203,11 @@ class _ClientAuth:
     backend: ClientAuthBackend
     access: AccessControl
     tokens: TokenService
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _client_auth(settings: Settings) -> _ClientAuth:

@@ -66,7 +66,10 @@ class Lifecycle:
         budget: Budget | None,
         clock: Callable[[], float] = time.time,
         flush_interval: float = FLUSH_INTERVAL,
+        on_evicted: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``on_evicted``: told the blobs and bytes each eviction pass removed (metrics)."""
+        self._on_evicted = on_evicted or (lambda blobs, size: None)
         self._root = root
         self._store = store
         self._index = index
@@ -113,6 +116,13 @@ class Lifecycle:
         await self._thread.close()
         # Fills may still finish after this; their commits are found by the next start-up reconciliation.
         self.ledger.enabled = False
+
+    async def totals(self) -> tuple[int, int] | None:
+        """Bytes and blobs in the cache, as the inventory has them; None without a usable inventory."""
+        try:
+            return await self._thread.run(lambda inventory: inventory.total())
+        except RuntimeError:  # not open (unusable, or stopped)
+            return None
 
     # The pin mechanism (for prefetch): pinned images are never evicted. Without a usable inventory nothing is ever
     # evicted, so pins have nothing to protect and are no-ops.
@@ -233,6 +243,7 @@ class Lifecycle:
             size = self.ledger.size()
             started = time.monotonic()
             result = await evict_lru(self._thread, self._store, size, budget.low_watermark, keep=pinned)
+            self._on_evicted(len(result.removed), result.freed)
             self.ledger.written(await self._thread.run(lambda inventory: inventory.total()[0]))
             self._starved = self.ledger.size() > budget.max_size
             if result.removed or result.in_use:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+import httpx
 from starlette.testclient import TestClient
 
+from proxy.app import create_app
+from proxy.config import Settings, StorageSettings, UpstreamSettings
 from tests.unit.asgi import running
 from tests.unit.conftest import ClientFactory
-from tests.unit.fakes import FakeRegistry, sha256
+from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, REGISTRY, FakeRegistry, sha256
 from tests.unit.promtext import total, value
 from tests.unit.test_resilience import BLOB, Gate, SlowUpstream, make_app
 
@@ -147,3 +151,33 @@ def test_metrics_of_two_apps_are_their_own(make_client: ClientFactory) -> None:
     text = second.get("/metrics").text
     assert total(text, "registry_proxy_requests_total", endpoint="manifest") == 0
     assert total(first.get("/metrics").text, "registry_proxy_requests_total", endpoint="manifest") == 1
+
+
+def test_cache_size_against_the_budget_and_evictions(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    blobs = [fake.add_blob(bytes([n]) * 12_000) for n in range(3)]
+    upstream = UpstreamSettings(
+        registry="docker.io", url=REGISTRY, redirect_hosts=FAKE_REDIRECT_HOSTS, token_realms=FAKE_TOKEN_REALMS
+    )
+    storage = StorageSettings(root=tmp_path / "cache", max_size=30_000, low_watermark=20_000)
+    with TestClient(
+        create_app(Settings(storage=storage, upstreams=(upstream,)), transport=httpx.MockTransport(fake))
+    ) as client:
+        for digest in blobs:
+            assert client.get(f"/v2/library/app/blobs/{digest}").status_code == 200
+            time.sleep(0.05)  # distinct access times: the first pulled is the least recently used
+        # 36,000 bytes against a budget of 30,000: the lifecycle evicts the two oldest, down to the low watermark.
+        text = ""
+        for _ in range(100):  # the inventory is written about once a second, and read as often
+            text = client.get("/metrics").text
+            if (
+                value(text, "registry_proxy_evictions_total") == 2
+                and value(text, "registry_proxy_cache_bytes") == 12_000
+            ):
+                break
+            time.sleep(0.1)
+    assert value(text, "registry_proxy_evictions_total") == 2
+    assert value(text, "registry_proxy_evicted_bytes_total") == 24_000
+    assert value(text, "registry_proxy_cache_bytes") == 12_000
+    assert value(text, "registry_proxy_cache_objects") == 1
+    assert value(text, "registry_proxy_cache_budget_bytes") == 30_000
