@@ -162,7 +162,8 @@ class ManifestService:
         media_type = head.media_type or embedded_media_type(body)
         if not media_type:
             return None  # the GET will say
-        return await self._remember(origin, repository, FetchedManifest(digest, media_type, body))
+        # Served from the cache's bytes (X-Cache: HIT): the upstream was only asked whether this repository has them.
+        return replace(await self._remember(origin, repository, FetchedManifest(digest, media_type, body)), cached=True)
 
     async def _cached(self, origin: Origin, repository: str, digest: Digest) -> Manifest | None:
         record = await self._index.get_manifest(origin.registry, repository, digest)
