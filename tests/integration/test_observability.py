@@ -151,12 +151,23 @@ def test_status_page_in_headless_chromium_after_real_pulls(
         hits = total(text, "registry_proxy_requests_total", cache="hit")
         misses = total(text, "registry_proxy_requests_total", cache="miss")
         assert hits == misses == 1 + len(image.blobs)
+        # The cache's size comes from the inventory, written and read about once a second.
+        poll_until(
+            lambda: (
+                True
+                if total(httpx.get(proxy.url + "/metrics", timeout=10).text, "registry_proxy_cache_bytes")
+                else None
+            ),
+            timeout=15,
+            what="the cache's size in /metrics",
+        )
         browser.get(proxy.url + "/")
         assert browser.title == "registry-proxy status"
         assert browser.find_element(By.ID, "hit-ratio").text == "50.0 %"
         assert browser.find_element(By.ID, "hub-pulls-saved").text == "1"
         top = browser.find_element(By.ID, "top-images").text
         assert f"docker.io/{image.repository} 2" in top
+        assert browser.find_element(By.ID, "cache-use").text.endswith(("KiB", "MiB"))
         upstreams = browser.find_element(By.ID, "upstreams").text
         assert "docker.io answering" in upstreams
         screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "status-page.png")
