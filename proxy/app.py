@@ -64,6 +64,7 @@ from proxy.upstream.client import UpstreamRegistry
 from proxy.upstream.hosts import AllowedHosts
 from proxy.upstream.limiter import Limiter
 from proxy.upstream.pool import RequestPool, pool_limits
+from proxy.upstream.transport import upstream_transport
 from storage.accounting import AccountedBlobStore
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
@@ -247,7 +248,11 @@ def upstream_registry(
     limits = pool_limits(upstream.max_concurrent_requests)
     headers = {"User-Agent": f"registry-proxy/{__version__}"}
     allowed = AllowedHosts.for_url(upstream.registry, upstream.url, upstream.redirect_hosts, upstream.token_realms)
-    token_client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=transport)
+    # Unless a test gives its own, each client gets a pool whose connections read in large pieces (see
+    # proxy.upstream.network): a cold blob is read at link speed rather than one 64 KiB chunk at a time.
+    token_client = httpx.AsyncClient(
+        timeout=timeout, limits=limits, headers=headers, transport=transport or upstream_transport(limits)
+    )
     registry = upstream.registry
     auth = RegistryAuth(
         upstream.url,
@@ -264,7 +269,7 @@ def upstream_registry(
         limits=limits,
         # The bytes we hash and store must be the bytes the registry holds, so never let anything decode.
         headers={**headers, "Accept-Encoding": "identity"},
-        transport=transport,
+        transport=transport or upstream_transport(limits),
     )
     pool = RequestPool(registry, Limiter(upstream.max_concurrent_requests), upstream.read_timeout)
     breaker = CircuitBreaker(registry, on_change=lambda open: metrics.breaker(registry, open))
