@@ -157,8 +157,16 @@ class FilesystemBlobWriter:
     async def write(self, data: bytes) -> None:
         if self._closed:
             raise StorageError("write to a closed blob writer")
+        job = asyncio.get_running_loop().run_in_executor(None, self._write_and_hash, data)
         try:
-            await asyncio.to_thread(self._write_and_hash, data)
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: let the write end before a cancel() can close the file under it (and its
+            # descriptor be reused for another file meanwhile).
+            await asyncio.wait([job])
+            if not job.cancelled():
+                job.exception()  # retrieved: the write is abandoned either way
+            raise
         except OSError as exc:
             raise StorageError(f"cannot write {self._digest} to the cache: {exc.strerror}") from exc
         self._written += len(data)
