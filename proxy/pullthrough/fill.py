@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 
 from proxy.errors import RegistryError
@@ -31,8 +32,10 @@ __all__ = ["BlobFill", "Download", "FillFailed"]
 
 log = logging.getLogger(__name__)
 
-# Bytes received from the upstream but not yet handed to the writer, at most.
+# Bytes received from the upstream but not yet written, at most (plus one chunk).
 _MAX_PENDING = 8 * 1024 * 1024
+# Chunks smaller than this are joined into writes of up to this size.
+_SMALL = 256 * 1024
 # Resuming a broken download: attempts, and the pause before the first one (doubled each time).
 _RESUME_ATTEMPTS = 3
 _RESUME_BACKOFF = 0.25
@@ -62,7 +65,8 @@ class BlobFill:
         self._error: BaseException | None = None
         self._written = 0
         self._writer: BlobWriter | None = None
-        self._changed = asyncio.Event()
+        # Readers waiting for the fill: each until the readable bytes reach its threshold, or the fill changes state.
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._started = asyncio.Event()
         self._finished = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -129,29 +133,21 @@ class BlobFill:
     async def _copy(self, download: BlobDownload, writer: BlobWriter) -> None:
         """Download into the writer, reading the next chunks while the previous ones are being written.
 
-        Writing (and hashing) runs in a worker thread; waiting for each chunk's round trip before reading
-        the next would cap a fill at one network chunk per thread hop. Chunks that arrive during a write
-        are written together by the next one, bounded by _MAX_PENDING so memory stays flat. A broken
-        upstream connection is resumed from the bytes received so far.
+        Writing (and hashing) runs in a worker thread, fed by a task of its own (:class:`_Spool`) so that reading
+        never waits for a write unless _MAX_PENDING bytes are queued. Chunks are written as they came (the network
+        backend hands over pieces of up to 1 MiB), not joined into batches: joining copied every byte once more on
+        the event loop and gave the writer 8 MiB at a time, too much for the CPU's caches, and readers got the blob
+        in 8 MiB steps. A broken upstream connection is resumed from the bytes received so far.
         """
-        pending: list[bytes] = []
-        pending_size = 0
+        spool = _Spool(writer, self._wrote)
         received = 0
-        writing: asyncio.Task[int] | None = None
         resumes = 0
         try:
             while True:
                 try:
                     async for chunk in download.chunks():
-                        pending.append(chunk)
-                        pending_size += len(chunk)
                         received += len(chunk)
-                        if writing is not None and (writing.done() or pending_size >= _MAX_PENDING):
-                            self._wrote(await writing)
-                            writing = None
-                        if writing is None:
-                            writing = asyncio.create_task(_write(writer, b"".join(pending)))
-                            pending, pending_size = [], 0
+                        await spool.put(chunk)
                     break
                 except DownloadInterrupted as exc:
                     await download.aclose()
@@ -164,31 +160,45 @@ class BlobFill:
                     if download.size != self._size:
                         await download.aclose()
                         raise FillFailed(f"upstream size of {self.digest} changed on resume") from None
-            if writing is not None:
-                self._wrote(await writing)
-                writing = None
-            if pending:
-                self._wrote(await _write(writer, b"".join(pending)))
+            await spool.finish()
+            self._notify()  # all written: the readers' last batch is as big as it gets, no need to wait for more
         finally:
             await download.aclose()
-            if writing is not None:
-                writing.cancel()
-                # The write in its thread finishes regardless; wait so the writer is not cancelled under it.
-                await asyncio.gather(writing, return_exceptions=True)
+            await spool.abandon()
 
     def _wrote(self, n: int) -> None:
         self._written += n
-        self._notify()
-
-    async def _wait_change(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
+        if self._waiters:
+            # By size: a write wakes only the readers it gave enough to send.
+            readable = self._readable()
+            waiting = []
+            for threshold, waiter in self._waiters:
+                if threshold <= readable:
+                    _wake(waiter)
+                else:
+                    waiting.append((threshold, waiter))
+            self._waiters = waiting
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """Wake every reader: the fill changed state."""
+        waiters, self._waiters = self._waiters, []
+        for _, waiter in waiters:
+            _wake(waiter)
+
+    async def _wait_readable(self, threshold: int, deadline: float | None) -> None:
+        """Wait until bytes up to ``threshold`` are readable, the fill changes state, or ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = (threshold, waiter)
+        self._waiters.append(entry)
+        timer = loop.call_at(deadline, _wake, waiter) if deadline is not None else None
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if entry in self._waiters:
+                self._waiters.remove(entry)
 
     async def for_range(self, start: int, end: int) -> tuple[BlobSource, ByteRange | None]:
         if self._size is None or end >= self._size:
@@ -227,13 +237,14 @@ class BlobFill:
                 limit = self._readable()
                 if end is not None:
                     limit = min(limit, end)
-                if pos < limit and limit - pos < _BATCH and self._state is _State.DOWNLOADING and limit != end:
-                    # Only a little is new: wait briefly for a batch, so that N readers tailing one fill do
-                    # not each make a send for every network chunk the fill writes.
+                batch = pos + _BATCH if end is None else min(pos + _BATCH, end)
+                if pos < limit < batch and self._state is _State.DOWNLOADING and self._written != self._size:
+                    # Only a little is new: wait for a batch, so that N readers tailing one fill do not each make
+                    # a send for every chunk the fill writes; but no longer than _BATCH_WAIT (a slow upstream).
                     if batch_deadline is None:
                         batch_deadline = loop.time() + _BATCH_WAIT
                     if loop.time() < batch_deadline:
-                        await self._wait_change(batch_deadline - loop.time())
+                        await self._wait_readable(batch, batch_deadline)
                         continue
                 if pos < limit:
                     batch_deadline = None
@@ -250,7 +261,8 @@ class BlobFill:
                         yield data
                     return
                 else:
-                    await self._changed.wait()
+                    batch_deadline = None
+                    await self._wait_readable(pos + 1, None)
         finally:
             await reader.close()
 
@@ -302,9 +314,79 @@ class BlobFill:
         return opened[0]
 
 
-async def _write(writer: BlobWriter, data: bytes) -> int:
-    await writer.write(data)
-    return len(data)
+class _Spool:
+    """Chunks on their way to the writer: queued by the download, written in order by a task of its own."""
+
+    def __init__(self, writer: BlobWriter, wrote: Callable[[int], None]) -> None:
+        self._writer = writer
+        self._wrote = wrote
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._ending = False
+        self._changed = asyncio.Event()  # a chunk was queued or written, or the end was announced
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, chunk: bytes) -> None:
+        """Queue ``chunk``; waits while _MAX_PENDING bytes are queued, raises what made writing fail."""
+        self._chunks.append(chunk)
+        self._queued += len(chunk)
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        self._changed.set()
+        while self._queued >= _MAX_PENDING and not self._task.done():
+            self._changed.clear()
+            await self._changed.wait()
+        if self._task.done():
+            self._task.result()  # the writer failed: raise that
+
+    async def finish(self) -> None:
+        """Wait until every queued chunk is written."""
+        self._ending = True
+        self._changed.set()
+        if self._task is not None:
+            await self._task
+
+    async def abandon(self) -> None:
+        """Stop writing (after a failure); waits for a write already in its thread, so that the writer is never
+        cancelled under it."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        try:
+            while self._chunks or not self._ending:
+                if not self._chunks:
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
+                data = _next_write(self._chunks)
+                await self._writer.write(data)
+                self._queued -= len(data)
+                self._wrote(len(data))
+                self._changed.set()
+        finally:
+            self._changed.set()  # a download waiting for room learns that writing ended
+
+
+def _next_write(chunks: deque[bytes]) -> bytes:
+    """The next write: a large chunk as it is; small ones joined up to _SMALL (a write each would cost more than
+    copying them)."""
+    first = chunks.popleft()
+    if len(first) >= _SMALL or not chunks or len(first) + len(chunks[0]) > _SMALL:
+        return first
+    parts = [first]
+    size = len(first)
+    while chunks and size + len(chunks[0]) <= _SMALL:
+        chunk = chunks.popleft()
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _describe(exc: BaseException | None) -> str:
