@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from proxy.app import create_app
 from proxy.config import Settings, StorageSettings, UpstreamSettings
-from proxy.pullthrough.fill import _MAX_PENDING, _SMALL, _next_write
+from proxy.pullthrough.fill import _MAX_PENDING, _WRITE_SIZE, _next_write
 from storage.blobs import FilesystemBlobWriter
 from tests.unit.asgi import running
 from tests.unit.fakes import CDN, FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, REGISTRY, FakeRegistry
@@ -77,14 +77,15 @@ def make_app(tmp_path: Path, upstream: Upstream) -> Starlette:
     return create_app(settings, transport=httpx.MockTransport(upstream))
 
 
-def test_small_chunks_are_joined_and_large_ones_written_as_they_came() -> None:
-    chunks = deque([b"a" * 10, b"b" * 20, b"c" * _SMALL, b"d" * 5, b"e" * (_SMALL - 4), b"f"])
+def test_a_write_takes_the_queued_chunks_up_to_the_write_size() -> None:
+    big = _WRITE_SIZE + 1
+    chunks = deque([b"a" * 10, b"b" * 20, b"c" * big, b"d" * 5, b"e" * (_WRITE_SIZE - 5), b"f"])
     writes = []
     for _ in range(10):  # bounded
         if not chunks:
             break
         writes.append(_next_write(chunks))
-    assert writes == [b"a" * 10 + b"b" * 20, b"c" * _SMALL, b"d" * 5, b"e" * (_SMALL - 4) + b"f"]
+    assert writes == [b"a" * 10 + b"b" * 20, b"c" * big, b"d" * 5 + b"e" * (_WRITE_SIZE - 5), b"f"]
 
 
 async def test_a_blob_in_chunks_of_every_size_is_cached_whole(tmp_path: Path) -> None:
