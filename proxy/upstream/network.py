@@ -246,22 +246,6 @@ class BufferedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(_describe(exc)) from exc
         return BufferedStream(transport, receiver)
 
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[SocketOption] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, receiver = await loop.create_unix_connection(_Receiver, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"connecting to {path} took longer than {timeout:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(_describe(exc)) from exc
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return BufferedStream(transport, receiver)
-
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
