@@ -2,8 +2,8 @@
 
 httpcore's own backend (anyio) returns one protocol chunk per read, at most 64 KiB, and each read then costs a
 round through httpcore, h11 and anyio: about 170 µs of Python on the event loop, paid ~3,300 times for a 200 MiB
-blob, which is what capped a cold fill. Here an asyncio protocol collects what the loop receives, and a read takes
-all of it (up to :data:`READ_CHUNK`), so a fast body arrives in a few hundred large pieces instead.
+blob (~12,800 times over TLS, one 16 KiB record per read). Here an asyncio protocol collects what the loop receives,
+and a read takes all of it (up to :data:`READ_CHUNK`), so a fast body arrives in a few hundred large pieces.
 
 Only public API is used: httpcore's :class:`httpcore.AsyncNetworkBackend`/:class:`httpcore.AsyncNetworkStream`
 interfaces and exceptions, and the event loop's transports (plain or ``loop.start_tls``). Memory stays bounded: a
@@ -23,8 +23,8 @@ import httpcore
 
 __all__ = ["HIGH_WATER", "READ_CHUNK", "BufferedBackend", "BufferedStream"]
 
-# The most one read returns. Past 1 MiB the per-read cost is already small next to the bytes themselves, and a larger
-# piece would only grow what each reader holds in memory.
+# The most one read returns. 256 KiB to 1 MiB read a 200 MiB body alike (~0.12 s here); 2 and 4 MiB were slower
+# (~0.3 s: every piece is copied several times in h11, and larger pieces fall out of the CPU's caches).
 READ_CHUNK = 1024 * 1024
 # Unread bytes at which a connection stops reading from its socket, and below which it starts again.
 HIGH_WATER = 2 * READ_CHUNK
