@@ -11,6 +11,7 @@ from typing import Protocol
 
 from storage.digest import Digest
 from storage.interfaces import BlobReader, BlobStore, BlobWriter
+from storage.whole import write_whole
 
 __all__ = ["AccountedBlobStore", "BlobLedger"]
 
@@ -55,13 +56,7 @@ class AccountedBlobStore:
 
     async def put(self, digest: Digest, data: bytes) -> None:
         # Through our own writer, so that small writes (manifests) reserve room and count like fills.
-        writer = await self.create(digest)
-        try:
-            await writer.write(data)
-        except BaseException:
-            await writer.cancel()
-            raise
-        await writer.commit(len(data))
+        await write_whole(await self.create(digest), data)
 
     async def create(self, digest: Digest) -> AccountedBlobWriter:
         return AccountedBlobWriter(await self._inner.create(digest), self._ledger)

@@ -14,6 +14,7 @@ from storage.files import FileReader, fsync_dir, new_partial_path, sweep_partial
 from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, StorageError, StoredBlob
 from storage.leases import unlink_unless_leased
 from storage.paths import BLOBS, PARTIAL_SUFFIX, blob_digest, blob_path
+from storage.whole import write_whole
 
 __all__ = ["FilesystemBlobStore", "FilesystemBlobWriter", "scan_blobs"]
 
@@ -55,13 +56,7 @@ class FilesystemBlobStore:
             await reader.close()
 
     async def put(self, digest: Digest, data: bytes) -> None:
-        writer = await self.create(digest)
-        try:
-            await writer.write(data)
-        except BaseException:
-            await writer.cancel()
-            raise
-        await writer.commit(len(data))
+        await write_whole(await self.create(digest), data)
 
     async def create(self, digest: Digest) -> FilesystemBlobWriter:
         final = self._path(digest)
