@@ -23,10 +23,13 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+import pytest
 
 from tests.harness.deadline import poll_until
 
@@ -121,6 +124,18 @@ def write_hosts_toml(
     quoted = ", ".join(f'"{capability}"' for capability in capabilities)
     path.write_text(f'server = "{server}"\n\n[host."{mirror_url}"]\n  capabilities = [{quoted}]\n')
     return path
+
+
+@contextmanager
+def module_containerd(workdir: Path) -> Iterator[Containerd]:
+    """A private containerd under ``workdir`` for one test module; skips the module where it cannot run."""
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    with Containerd(workdir) as daemon:
+        yield daemon
+    # stop() has unmounted everything below workdir, or raised; the unpacked layers need not outlive the module.
+    shutil.rmtree(daemon.root, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import Secrets
-from tests.harness.containerd import CommandError, Containerd, missing_requirements
+from tests.harness.containerd import CommandError, Containerd, missing_requirements, module_containerd
 from tests.harness.dockerd import Dockerd, dockerd_binary
 from tests.harness.images import Images
 from tests.harness.proxy_server import ProxyServer
@@ -171,13 +171,8 @@ def test_docker_login_and_pull_over_tls(
 
 @pytest.fixture(scope="module")
 def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp("containerd-tls")
-    with Containerd(workdir) as daemon:
+    with module_containerd(tmp_path_factory.mktemp("containerd-tls")) as daemon:
         yield daemon
-    shutil.rmtree(daemon.root, ignore_errors=True)
 
 
 def test_containerd_pulls_over_tls_with_credentials(

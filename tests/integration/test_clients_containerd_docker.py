@@ -39,6 +39,7 @@ from tests.harness.containerd import (
     Containerd,
     Ctr,
     missing_requirements,
+    module_containerd,
     write_hosts_toml,
 )
 from tests.harness.dockerd import Docker, Dockerd, dockerd_binary
@@ -177,14 +178,8 @@ def proxy_log(proxy: ProxyServer) -> ProxyLog:
 
 @pytest.fixture(scope="module")
 def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp("containerd")
-    with Containerd(workdir) as daemon:
+    with module_containerd(tmp_path_factory.mktemp("containerd")) as daemon:
         yield daemon
-    # stop() has unmounted everything below workdir, or raised; the unpacked layers need not outlive the module.
-    shutil.rmtree(daemon.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -187,9 +187,9 @@ async def test_unusable_cache_root_still_serves_blobs(tmp_path: Path, fake: Fake
         assert (await client.get("/v2/library/app/manifests/1")).status_code == 200
 
 
-async def test_disk_full_during_a_fill_still_serves_the_blob(
-    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def disk_full_after_256k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blob writes fail with ENOSPC once a blob has 256 KiB written."""
     original = FilesystemBlobWriter._write_and_hash
 
     def full_after_256k(self: FilesystemBlobWriter, data: bytes) -> None:
@@ -198,6 +198,11 @@ async def test_disk_full_during_a_fill_still_serves_the_blob(
         original(self, data)
 
     monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", full_after_256k)
+
+
+async def test_disk_full_during_a_fill_still_serves_the_blob(
+    tmp_path: Path, fake: FakeRegistry, disk_full_after_256k: None
+) -> None:
     gate = Gate()
     gate.open.set()
     async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
@@ -328,16 +333,8 @@ async def test_relay_answers_a_range_short_of_the_end_with_the_whole_verified_bl
 
 
 async def test_disk_full_during_a_fill_answers_a_short_range_with_the_whole_blob(
-    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake: FakeRegistry, disk_full_after_256k: None
 ) -> None:
-    original = FilesystemBlobWriter._write_and_hash
-
-    def full_after_256k(self: FilesystemBlobWriter, data: bytes) -> None:
-        if self.written + len(data) > 256 * 1024:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, data)
-
-    monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", full_after_256k)
     gate = Gate()
     gate.open.set()
     async with running(make_app(tmp_path, SlowUpstream(fake, gate))) as client:
