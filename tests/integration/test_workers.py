@@ -32,18 +32,23 @@ def test_workers_serve_are_restarted_and_stop_together(tmp_path: Path) -> None:
     with ProxyServer(tmp_path / "proxy", "http://127.0.0.1:9", server_config="workers = 3") as proxy:
         assert proxy._process is not None
         parent = proxy._process.pid
-        workers = poll_until(lambda: children(parent) if len(children(parent)) == 3 else None, timeout=20,
-                             what="3 worker processes")  # fmt: skip
+
+        def three_workers() -> set[int] | None:
+            now = children(parent)
+            return now if len(now) == 3 else None
+
+        workers = poll_until(three_workers, timeout=20, what="3 worker processes")
         for _ in range(30):
             assert httpx.get(proxy.url + "/v2/", timeout=5).status_code == 200
         # A worker that dies is replaced; the others go on serving meanwhile.
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        replaced = poll_until(
-            lambda: children(parent) if len(children(parent)) == 3 and victim not in children(parent) else None,
-            timeout=20,
-            what="a replacement worker",
-        )
+
+        def replacement() -> set[int] | None:
+            now = children(parent)  # one snapshot: the victim may be reaped between two reads of /proc
+            return now if len(now) == 3 and victim not in now else None
+
+        replaced = poll_until(replacement, timeout=20, what="a replacement worker")
         assert len(replaced - workers) == 1
         assert httpx.get(proxy.url + "/v2/", timeout=5).status_code == 200
         started = time.monotonic()
