@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from storage.digest import Digest
-from storage.interfaces import BlobReader, BlobStore, BlobWriter
+from storage.interfaces import BlobReader, BlobStore, BlobWriter, ForeignFill
 from storage.whole import write_whole
 
 __all__ = ["AccountedBlobStore", "BlobLedger"]
@@ -61,6 +61,20 @@ class AccountedBlobStore:
     async def create(self, digest: Digest) -> AccountedBlobWriter:
         return AccountedBlobWriter(await self._inner.create(digest), self._ledger)
 
+    async def claim(self, digest: Digest, key: str) -> AccountedBlobWriter | ForeignFill:
+        claimed = await self._inner.claim(digest, key)
+        if isinstance(claimed, ForeignFill):
+            return claimed  # the filling process counts its bytes
+        writer = AccountedBlobWriter(claimed, self._ledger)
+        if claimed.written:
+            # Taken over from a filler that died: its bytes are ours to count now.
+            try:
+                await writer.reserve(claimed.written)
+            except BaseException:
+                await writer.cancel()
+                raise
+        return writer
+
     async def sweep(self, spare_younger_than: float = 0.0) -> int:
         return await self._inner.sweep(spare_younger_than)
 
@@ -80,10 +94,16 @@ class AccountedBlobWriter:
     def written(self) -> int:
         return self._inner.written
 
-    async def write(self, data: bytes) -> None:
+    async def started(self, size: int | None) -> None:
+        await self._inner.started(size)
+
+    async def reserve(self, size: int) -> None:
         # Counted before the wait: a write cancelled while waiting for room is still released by cancel().
-        self._reserved += len(data)
-        await self._ledger.reserve(len(data))
+        self._reserved += size
+        await self._ledger.reserve(size)
+
+    async def write(self, data: bytes) -> None:
+        await self.reserve(len(data))
         await self._inner.write(data)
 
     def open_reader(self) -> BlobReader:

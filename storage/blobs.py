@@ -9,14 +9,21 @@ from pathlib import Path
 
 import aiofiles.os
 
+from storage.claims import ClaimLock, FilesystemForeignFill, key_hash
 from storage.digest import Digest, Hasher
 from storage.files import FileReader, fsync_dir, new_partial_path, sweep_partials
 from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, StorageError, StoredBlob
-from storage.leases import unlink_unless_leased
-from storage.paths import BLOBS, PARTIAL_SUFFIX, blob_digest, blob_path
+from storage.leases import lock_if_free, same_file, unlink_unless_leased
+from storage.paths import BLOBS, PARTIAL_SUFFIX, blob_digest, blob_path, claim_name, partial_name
 from storage.whole import write_whole
 
 __all__ = ["FilesystemBlobStore", "FilesystemBlobWriter", "scan_blobs"]
+
+# Claiming again after the lock file was replaced under us: each retry means another process just ended a fill of
+# this blob, so a few are plenty.
+_CLAIM_RETRIES = 8
+# Re-hashing what a dead filler left behind, this much at a time.
+_REHASH_CHUNK = 1024 * 1024
 
 
 class FilesystemBlobStore:
@@ -66,6 +73,40 @@ class FilesystemBlobStore:
         except OSError as exc:
             raise StorageError(f"cannot create a cache file for {digest}: {exc.strerror}") from exc
         return FilesystemBlobWriter(digest, final, partial, fd)
+
+    async def claim(self, digest: Digest, key: str) -> FilesystemBlobWriter | FilesystemForeignFill:
+        try:
+            return await asyncio.to_thread(self._claim, digest, key)
+        except OSError as exc:
+            raise StorageError(f"cannot create a cache file for {digest}: {exc.strerror}") from exc
+
+    def _claim(self, digest: Digest, key: str) -> FilesystemBlobWriter | FilesystemForeignFill:
+        final = self._path(digest)
+        keyed = key_hash(key)
+        partial = final.with_name(partial_name(final.name, keyed))
+        lock_path = final.with_name(claim_name(final.name, keyed))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(_CLAIM_RETRIES):
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if not lock_if_free(lock_fd):
+                    return FilesystemForeignFill(final, partial, lock_fd)
+                if not same_file(lock_fd, lock_path):
+                    os.close(lock_fd)  # a fill ended and removed this lock file after we opened it: once more
+                    continue
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            lock = ClaimLock(lock_path, lock_fd)
+            try:
+                if final.exists():
+                    lock.release()  # committed meanwhile (the caller's lookup missed it by a moment)
+                    return FilesystemForeignFill(final, partial, None)
+                return _take_or_start(digest, final, partial, lock)
+            except BaseException:
+                lock.release()
+                raise
+        raise StorageError(f"cannot claim the fill of {digest}: its lock file keeps changing")
 
     async def sweep(self, spare_younger_than: float = 0.0) -> int:
         return await asyncio.to_thread(sweep_partials, self._root, spare_younger_than)
@@ -129,16 +170,61 @@ async def _create_exclusive(path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
 
-class FilesystemBlobWriter:
-    """Writes to ``<final>.<random>.partial`` in the blob's own directory, hashing as it goes."""
+def _take_or_start(digest: Digest, final: Path, partial: Path, lock: ClaimLock) -> FilesystemBlobWriter:
+    """The writer of a claimed fill: over what a dead filler left (hashed again), or a new partial file."""
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        lock.forget()
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return FilesystemBlobWriter(digest, final, partial, fd, lock)
+    try:
+        started, size = lock.announced_size()
+        hasher = Hasher(digest.algorithm)
+        have = 0
+        # Only a prefix of a blob whose size is known can be resumed (a Range request from where it stopped).
+        resumable = started and size is not None and os.fstat(fd).st_size < size
+        while resumable:
+            data = os.pread(fd, _REHASH_CHUNK, have)
+            if not data:
+                break
+            hasher.update(data)
+            have += len(data)
+        if not resumable:
+            lock.forget()
+            os.ftruncate(fd, 0)
+            hasher, have = Hasher(digest.algorithm), 0
+        os.lseek(fd, have, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return FilesystemBlobWriter(digest, final, partial, fd, lock, hasher, have)
 
-    def __init__(self, digest: Digest, final: Path, partial: Path, fd: int) -> None:
+
+class FilesystemBlobWriter:
+    """Writes to a partial file in the blob's own directory (see :mod:`storage.paths`), hashing as it goes.
+
+    ``claim``: the lock of a claimed fill (:meth:`FilesystemBlobStore.claim`), released when the writer ends;
+    ``hasher`` and ``written``: what the partial file already holds, when a fill takes over a dead one's.
+    """
+
+    def __init__(
+        self,
+        digest: Digest,
+        final: Path,
+        partial: Path,
+        fd: int,
+        claim: ClaimLock | None = None,
+        hasher: Hasher | None = None,
+        written: int = 0,
+    ) -> None:
         self._digest = digest
         self._final = final
         self._partial = partial
         self._fd = fd
-        self._hasher = Hasher(digest.algorithm)
-        self._written = 0
+        self._claim = claim
+        self._hasher = hasher or Hasher(digest.algorithm)
+        self._written = written
         self._closed = False
 
     @property
@@ -148,6 +234,13 @@ class FilesystemBlobWriter:
     @property
     def written(self) -> int:
         return self._written
+
+    async def started(self, size: int | None) -> None:
+        if self._claim is not None:
+            try:
+                await asyncio.to_thread(self._claim.announce, size)
+            except OSError as exc:
+                raise StorageError(f"cannot write the claim of {self._digest}: {exc.strerror}") from exc
 
     async def write(self, data: bytes) -> None:
         if self._closed:
@@ -203,6 +296,7 @@ class FilesystemBlobWriter:
         except OSError as exc:
             await self.cancel()
             raise StorageError(f"cannot commit {self._digest}: {exc.strerror}") from exc
+        self._release_claim()  # after the rename: followers in other processes find the blob where it belongs
 
     async def cancel(self) -> None:
         self._close_fd()
@@ -210,11 +304,18 @@ class FilesystemBlobWriter:
             await aiofiles.os.remove(self._partial)
         except FileNotFoundError:
             pass
+        finally:
+            self._release_claim()  # after the removal: followers see a fill that failed, not one to take over
         try:
             # Leave no empty directory behind for a digest that never came (an unknown blob, a bad request).
             await aiofiles.os.rmdir(self._partial.parent)
         except OSError:
             pass  # not empty: other blobs share it
+
+    def _release_claim(self) -> None:
+        if self._claim is not None:
+            claim, self._claim = self._claim, None
+            claim.release()
 
     def _close_fd(self) -> None:
         if not self._closed:

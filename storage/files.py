@@ -16,8 +16,8 @@ import aiofiles
 import aiofiles.os
 
 from storage.interfaces import StorageError
-from storage.leases import take_read_lease
-from storage.paths import PARTIAL_SUFFIX, partial_name
+from storage.leases import claim_is_held, remove_free_claim, take_read_lease
+from storage.paths import CLAIM_SUFFIX, PARTIAL_SUFFIX, partial_name
 
 __all__ = [
     "FileReader",
@@ -63,13 +63,21 @@ async def write_atomic(final: Path, data: bytes) -> None:
 
 def sweep_partials(root: Path, spare_younger_than: float = 0.0) -> int:
     """Delete in-progress files under ``root`` at start-up: all of them when this process is the cache's only writer,
-    else those untouched for ``spare_younger_than`` seconds (a running write touches its file with every chunk)."""
+    else those untouched for ``spare_younger_than`` seconds (a running write touches its file with every chunk).
+
+    Never a fill's partial file while a process holds its claim (another process, or another instance on this
+    cache, is filling it), and claim lock files only once free (:mod:`storage.claims`).
+    """
     cutoff = time.time() - spare_younger_than
     removed = 0
     for directory, _dirs, files in os.walk(root):
         for name in files:
-            if name.endswith(PARTIAL_SUFFIX):
+            if name.endswith(CLAIM_SUFFIX):
+                removed += remove_free_claim(Path(directory, name))
+            elif name.endswith(PARTIAL_SUFFIX):
                 path = Path(directory, name)
+                if claim_is_held(path.with_name(name.removesuffix(PARTIAL_SUFFIX) + CLAIM_SUFFIX)):
+                    continue
                 if spare_younger_than > 0:
                     try:
                         if path.stat().st_mtime >= cutoff:
@@ -100,6 +108,8 @@ def leftover_partials(root: Path, older_than: float) -> list[Leftover]:
             if not name.endswith(PARTIAL_SUFFIX):
                 continue
             path = Path(directory, name)
+            if claim_is_held(path.with_name(name.removesuffix(PARTIAL_SUFFIX) + CLAIM_SUFFIX)):
+                continue  # a fill is running (waiting on a slow upstream, perhaps): not a leftover
             try:
                 st = path.stat()
             except OSError:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from enum import Enum
+from typing import Protocol, runtime_checkable
 
 from storage.digest import Digest
 
@@ -19,6 +20,9 @@ __all__ = [
     "BlobStore",
     "BlobWriter",
     "DigestMismatch",
+    "FillProgress",
+    "FillState",
+    "ForeignFill",
     "ImageRecorder",
     "ManifestRecord",
     "RepositoryIndex",
@@ -104,6 +108,10 @@ class BlobWriter(Protocol):
     @property
     def written(self) -> int: ...
 
+    async def started(self, size: int | None) -> None:
+        """The upstream answered with this size (None: it did not say): followers in other processes may read."""
+        ...
+
     async def write(self, data: bytes) -> None: ...
 
     def open_reader(self) -> BlobReader:
@@ -115,6 +123,38 @@ class BlobWriter(Protocol):
         ...
 
     async def cancel(self) -> None: ...
+
+
+class FillState(Enum):
+    RUNNING = "running"  # its holder is alive and writing
+    COMMITTED = "committed"  # verified and published: open it like any cached blob
+    FAILED = "failed"  # its holder dropped the data (wrong bytes, the upstream gave up): nothing to take over
+    ABANDONED = "abandoned"  # its holder is gone (crashed, killed, lease expired): claim it again to take over
+
+
+@dataclass(frozen=True, slots=True)
+class FillProgress:
+    state: FillState
+    started: bool  # the holder has the upstream's answer (``size`` is then what it said, None if it did not)
+    size: int | None
+    written: int  # bytes readable so far through :meth:`ForeignFill.open_reader`
+
+
+@runtime_checkable
+class ForeignFill(Protocol):
+    """A fill of a blob that another process (on this disk) or replica (on this bucket) runs, seen through storage.
+
+    Returned by :meth:`BlobStore.claim` instead of a writer; polled, as other processes cannot wake us.
+    """
+
+    async def progress(self) -> FillProgress: ...
+
+    def open_reader(self) -> BlobReader | None:
+        """A reader over the bytes written so far (readable as :meth:`progress` reports them, and through the commit);
+        None if this backend cannot show a fill in progress (followers then wait for the commit)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class BlobStore(Protocol):
@@ -134,7 +174,20 @@ class BlobStore(Protocol):
         """Store small content whole, verified like any other write."""
         ...
 
-    async def create(self, digest: Digest) -> BlobWriter: ...
+    async def create(self, digest: Digest) -> BlobWriter:
+        """A writer for content this process has whole or fetches alone (small content; nothing to coordinate)."""
+        ...
+
+    async def claim(self, digest: Digest, key: str) -> BlobWriter | ForeignFill:
+        """Become the one filler of ``digest`` for ``key`` (what the fill asks its upstream: registry, repository)
+        across every process and replica sharing this storage, or learn who is.
+
+        A writer: this caller fills. If an abandoned fill left bytes behind, the writer already holds (and has
+        hashed) them: ``written`` says how many, and the download resumes there. It must call
+        :meth:`BlobWriter.started` once the upstream answered. A :class:`ForeignFill`: someone else fills (or the
+        blob was committed meanwhile: its progress says so); claim again once it reports ABANDONED.
+        """
+        ...
 
     async def sweep(self, spare_younger_than: float = 0.0) -> int:
         """Remove writes left behind by a crash; returns how many files were removed.

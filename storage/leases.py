@@ -16,7 +16,15 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["is_leased", "take_read_lease", "unlink_unless_leased"]
+__all__ = [
+    "claim_is_held",
+    "is_leased",
+    "lock_if_free",
+    "remove_free_claim",
+    "same_file",
+    "take_read_lease",
+    "unlink_unless_leased",
+]
 
 
 def take_read_lease(fd: int) -> bool:
@@ -71,3 +79,55 @@ def is_leased(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def lock_if_free(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` without waiting; False if someone holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def claim_is_held(lock_path: Path) -> bool:
+    """Whether a running fill holds the claim lock file ``lock_path`` (:mod:`storage.claims`); False if none."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not lock_if_free(fd):
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_free_claim(lock_path: Path) -> bool:
+    """Remove a claim lock file that no fill holds (its holder died); True if removed."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        # Under the lock, and only the file we locked: a claimer that opened it meanwhile finds it gone and retries.
+        if not lock_if_free(fd) or not same_file(fd, lock_path):
+            return False
+        os.unlink(lock_path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -19,6 +19,12 @@
       .../<name>.<random>.partial           any file above while it is being written; renamed into place
                                             only once complete (and, for blobs, verified). Swept at start-up,
                                             and by ``registry-proxy gc`` once older than a grace period.
+      blobs/.../<hex>.<keyhash>.partial     a blob being filled from an upstream: the name is fixed by the
+                                            upstream key (registry and repository, hashed), so every process
+                                            on this cache finds the same fill (:mod:`storage.claims`)
+      blobs/.../<hex>.<keyhash>.claim       its lock: ``flock``-ed by the one process filling it, holding the
+                                            size the upstream announced; removed when the fill ends. A leftover
+                                            (its holder died) is taken over by the next fill, or swept when free
       inventory.sqlite (-wal, -shm)         the lifecycle inventory (SQLite in WAL mode, shared by every
                                             process using this root): blob sizes and last accesses, images
                                             (tag → digest, pulls), manifest → referenced digests, pins.
@@ -48,6 +54,7 @@ from storage.references import is_registry, is_repository, is_tag
 
 __all__ = [
     "BLOBS",
+    "CLAIM_SUFFIX",
     "EVICT_LOCK",
     "INVENTORY",
     "PARTIAL_SUFFIX",
@@ -55,6 +62,7 @@ __all__ = [
     "blob_digest",
     "blob_link_path",
     "blob_path",
+    "claim_name",
     "manifest_link_path",
     "manifests_dir",
     "partial_name",
@@ -72,6 +80,7 @@ LAYERS_DIR = "_layers"
 TAGS_DIR = "_tags"
 
 PARTIAL_SUFFIX = ".partial"
+CLAIM_SUFFIX = ".claim"
 
 
 def blob_path(digest: Digest) -> PurePosixPath:
@@ -120,6 +129,11 @@ def tag_path(registry: str, repository: str, tag: str) -> PurePosixPath:
 def partial_name(final_name: str, token: str) -> str:
     """The name of a file being written next to ``final_name`` (same directory, so rename is atomic)."""
     return f"{final_name}.{token}{PARTIAL_SUFFIX}"
+
+
+def claim_name(final_name: str, key_hash: str) -> str:
+    """The lock file of the fill of ``final_name`` whose partial file is ``partial_name(final_name, key_hash)``."""
+    return f"{final_name}.{key_hash}{CLAIM_SUFFIX}"
 
 
 def _repository_dir(registry: str, repository: str) -> PurePosixPath:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.digest import Digest, InvalidDigest
-from storage.paths import PARTIAL_SUFFIX, blob_path
+from storage.paths import CLAIM_SUFFIX, PARTIAL_SUFFIX, blob_path
 
 __all__ = ["Finding", "verify_blobs"]
 
@@ -33,8 +33,8 @@ def verify_blobs(root: Path, *, remove: bool) -> Iterator[Finding]:
     for algorithm in sorted(os.listdir(blobs)) if blobs.is_dir() else []:
         for directory, _dirs, files in os.walk(blobs / algorithm):
             for name in sorted(files):
-                if name.endswith(PARTIAL_SUFFIX):
-                    continue  # a write in progress (or left by a crash, swept at start-up)
+                if name.endswith((PARTIAL_SUFFIX, CLAIM_SUFFIX)):
+                    continue  # a write in progress and its claim (or left by a crash, swept at start-up)
                 path = Path(directory, name)
                 yield _check(root, path, algorithm, name, remove)
 
