@@ -158,7 +158,7 @@ class BlobService:
             self._negative.check(("blob", *key))
             # Fills of one digest under two names may run at once: each writes a partial file of its own, and
             # committing identical content twice is an atomic replace.
-            fill = BlobFill(digest, self._store, download, lambda done: self._forget(key, done))
+            fill = BlobFill(digest, self._store, download, lambda done: self._forget(key, done), _claim_key(key))
             self._fills[key] = fill
             self._events.fill_started()
             fill.start()
@@ -187,3 +187,9 @@ class BlobService:
         self._events.fill_finished()
         if self._fills.get(key) is fill:
             del self._fills[key]
+
+
+def _claim_key(key: UpstreamKey) -> str:
+    # The claim (one fill across processes) is scoped like the in-process table: per upstream question.
+    registry, repository, _digest = key
+    return f"{registry}/{repository}"

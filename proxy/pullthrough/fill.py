@@ -9,6 +9,11 @@ is answered only once the blob is committed, from the committed bytes.
 If the upstream connection breaks, the fill resumes from where it was with a Range request. If the
 cache fails (disk full), the clients reading the fill continue straight from the upstream (see
 :mod:`proxy.pullthrough.relay`).
+
+One fill per blob and upstream key across every process (and replica) sharing the storage: a fill first claims
+the blob (:meth:`storage.interfaces.BlobStore.claim`). If another process holds the claim, this fill follows it
+through storage instead of downloading: its readers tail the other process's partial data the same way, woken by
+polling (other processes cannot wake us). If that process dies, the next claim takes its bytes over and resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from proxy.pullthrough.segments import CHUNK_SIZE, Chunk, chunk_size, next_chunk
 from proxy.pullthrough.sources import BlobSource, ByteRange
 from proxy.upstream.client import BlobDownload, DownloadInterrupted
 from storage.digest import Digest
-from storage.interfaces import BlobReader, BlobStore, BlobWriter, StorageError
+from storage.interfaces import BlobReader, BlobStore, BlobWriter, FillState, ForeignFill, StorageError
 
 __all__ = ["BlobFill", "Download", "FillFailed"]
 
@@ -42,6 +47,12 @@ _RESUME_BACKOFF = 0.25
 # A reader tailing a fill sends what is new once it is this big, or once it waited _BATCH_WAIT seconds for more.
 _BATCH = 1024 * 1024
 _BATCH_WAIT = 0.05
+# Following a fill in another process: polled this often at first and after each sign of progress, backing off
+# (doubling) to _POLL_MAX while nothing changes (an object store is asked over the network each time).
+_POLL_MIN = 0.01
+_POLL_MAX = 0.5
+# Claims per fill: each one after the first follows a filler that died (a crash loop must not spin forever).
+_CLAIMS = 4
 
 
 class _State(enum.Enum):
@@ -54,9 +65,16 @@ class _State(enum.Enum):
 
 class BlobFill:
     def __init__(
-        self, digest: Digest, store: BlobStore, download: Download, on_finish: Callable[[BlobFill], None]
+        self,
+        digest: Digest,
+        store: BlobStore,
+        download: Download,
+        on_finish: Callable[[BlobFill], None],
+        key: str = "",
     ) -> None:
+        """``key``: what the download asks the upstream (registry and repository), the claim's scope."""
         self.digest = digest
+        self._key = key
         self._size: int | None = None
         self._store = store
         self._download = download
@@ -65,6 +83,8 @@ class BlobFill:
         self._error: BaseException | None = None
         self._written = 0
         self._writer: BlobWriter | None = None
+        # Opens a reader over the bytes written so far: the writer's, or the other process's whose fill we follow.
+        self._tail: Callable[[], BlobReader | None] | None = None
         # Readers waiting for the fill: each until the readable bytes reach its threshold, or the fill changes state.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._started = asyncio.Event()
@@ -80,7 +100,7 @@ class BlobFill:
         Raises the upstream's error, or StorageError when the cache cannot take the blob at all.
         """
         await self._started.wait()
-        if self._state is _State.FAILED and self._writer is None:
+        if self._state is _State.FAILED and self._tail is None:
             assert self._error is not None
             raise self._error
         return self._size
@@ -96,24 +116,20 @@ class BlobFill:
         return self._state is _State.DONE
 
     async def _run(self) -> None:
-        download: BlobDownload | None = None
         try:
-            # The cache file first: if the cache cannot take the blob, no download is started for nothing.
-            writer = await self._store.create(self.digest)
-            try:
-                download = await self._download(0)
-            except BaseException:
-                await writer.cancel()
-                raise
-            self._writer = writer
-            self._size = download.size
-            self._state = _State.DOWNLOADING
-            self._started.set()
-            await self._copy(download, writer)
-            self._state = _State.COMMITTING
-            await writer.commit(self._size)
+            for _ in range(_CLAIMS):
+                claimed = await self._store.claim(self.digest, self._key)
+                if not isinstance(claimed, ForeignFill):
+                    await self._fill(claimed)
+                    break
+                try:
+                    if await self._follow(claimed):
+                        break
+                finally:
+                    await claimed.close()
+            else:
+                raise FillFailed(f"every process filling {self.digest} died")
             self._state = _State.DONE
-            log.info("cached blob %s (%d bytes)", self.digest, self._written)
         except BaseException as exc:
             self._error = exc
             self._state = _State.FAILED
@@ -122,6 +138,8 @@ class BlobFill:
                 log.warning("fill of %s failed after %d bytes: %s", self.digest, self._written, _describe(exc))
             elif isinstance(exc, StorageError):
                 log.error("cannot cache %s, relaying it uncached: %s", self.digest, exc)
+            elif self._tail is not None:
+                log.warning("fill of %s in another process failed: %s", self.digest, _describe(exc))
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -129,6 +147,52 @@ class BlobFill:
             self._finished.set()
             self._notify()
             self._on_finish(self)
+
+    async def _fill(self, writer: BlobWriter) -> None:
+        """Download into ``writer`` (from where it is: a fill taken over from a process that died) and commit."""
+        if writer.written:
+            log.warning("taking over the fill of %s at %d bytes (its process stopped)", self.digest, writer.written)
+        try:
+            download = await self._download(writer.written)
+            await writer.started(download.size)
+        except BaseException:
+            await writer.cancel()
+            raise
+        self._writer = writer
+        self._tail = writer.open_reader
+        self._size = download.size
+        self._written = writer.written
+        self._state = _State.DOWNLOADING
+        self._started.set()
+        await self._copy(download, writer)
+        self._state = _State.COMMITTING
+        await writer.commit(self._size)
+        log.info("cached blob %s (%d bytes)", self.digest, self._written)
+
+    async def _follow(self, fill: ForeignFill) -> bool:
+        """Follow a fill that another process runs until it ends: True once committed, False once its filler is gone
+        (claim again). Raises FillFailed if it failed (its bytes were wrong, or its upstream gave up)."""
+        interval = _POLL_MIN
+        while True:
+            progress = await fill.progress()
+            if progress.started and not self._started.is_set():
+                self._size = progress.size
+                self._tail = fill.open_reader
+                self._state = _State.DOWNLOADING
+                self._started.set()
+            if progress.written > self._written:
+                self._wrote(progress.written - self._written)
+                interval = _POLL_MIN
+            if progress.state is FillState.COMMITTED:
+                if self._size is None:
+                    self._size = progress.size
+                return True
+            if progress.state is FillState.FAILED:
+                raise FillFailed(f"the fill of {self.digest} in another process failed")
+            if progress.state is FillState.ABANDONED:
+                return False
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, _POLL_MAX)
 
     async def _copy(self, download: BlobDownload, writer: BlobWriter) -> None:
         """Download into the writer, reading the next chunks while the previous ones are being written.
@@ -140,7 +204,7 @@ class BlobFill:
         broken upstream connection is resumed from the bytes received so far.
         """
         spool = _Spool(writer, self._wrote)
-        received = 0
+        received = writer.written
         resumes = 0
         try:
             while True:
@@ -297,13 +361,16 @@ class BlobFill:
     async def _open_reader(self) -> BlobReader | None:
         """A reader on the partial or the committed file; None if the cache failed and the client must relay."""
         await self.ready()
-        if self._state in (_State.DOWNLOADING, _State.FAILED) and self._writer is not None:
+        if self._state in (_State.DOWNLOADING, _State.FAILED) and self._tail is not None:
             # The partial file exists until the commit renames it (or a failure removes it), and neither
-            # can happen during this call, which does not await; an open file stays readable after both.
+            # can happen during this call in this process, which does not await; an open file stays readable after
+            # both. Another process's fill may have just ended: then it is gone, or the backend cannot show it.
             try:
-                return self._writer.open_reader()
+                reader = self._tail()
             except (OSError, StorageError):
-                pass  # it was already gone: wait for the outcome below
+                reader = None
+            if reader is not None:
+                return reader
         if not await self.wait():
             if isinstance(self._error, StorageError):
                 return None

@@ -100,6 +100,24 @@ async def test_concurrent_blob_gets_share_one_download(tmp_path: Path, fake: Fak
     assert fake.count("GET", "cdn/") == 1
 
 
+async def test_two_processes_on_one_cache_share_one_download(tmp_path: Path, fake: FakeRegistry) -> None:
+    # Two apps on one cache directory stand for two worker processes: they share nothing but the files.
+    gate = Gate()
+    handler = SlowUpstream(fake, gate)
+    root = tmp_path / "shared"
+    async with (
+        running(make_app(tmp_path, handler, root=root)) as a,
+        running(make_app(tmp_path, handler, root=root)) as b,
+    ):
+        url = f"/v2/library/app/blobs/{sha256(BLOB)}"
+        requests = [asyncio.create_task((a if i % 2 else b).get(url)) for i in range(10)]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+    assert all(r.status_code == 200 and r.content == BLOB for r in responses)
+    assert fake.count("GET", "cdn/") == 1
+
+
 async def test_concurrent_blob_heads_share_one_upstream_head_and_never_download(
     tmp_path: Path, fake: FakeRegistry
 ) -> None:
