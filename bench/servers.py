@@ -16,12 +16,15 @@ from tests.harness.proxy_server import ProxyServer
 
 __all__ = ["WarmServers", "fresh_distribution", "fresh_proxy", "fresh_server", "warm_servers"]
 
+# The proxy as shipped: one worker process per CPU (the test harness pins one unless told).
+PROXY_SERVER = 'workers = "auto"'
+
 
 @contextlib.contextmanager
 def fresh_proxy(upstream: SeededUpstream, workdir: Path) -> Iterator[ProxyServer]:
     """The proxy with an empty cache; its cache is deleted afterwards (a 200 MiB blob per run adds up)."""
     try:
-        with ProxyServer(workdir, upstream.registry.url) as proxy:
+        with ProxyServer(workdir, upstream.registry.url, server_config=PROXY_SERVER) as proxy:
             yield proxy
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -56,7 +59,7 @@ def warm_servers(upstream: SeededUpstream, work: Path) -> Iterator[WarmServers]:
     """The proxy, Distribution's proxy and nginx (serving the big layer's file at the same path), all three
     stopped on the way out whatever happens."""
     with (
-        ProxyServer(work / "warm-proxy", upstream.registry.url) as proxy,
+        ProxyServer(work / "warm-proxy", upstream.registry.url, server_config=PROXY_SERVER) as proxy,
         DistributionProxy(work / "warm-distribution", upstream.registry.url) as distribution,
         NginxBlobServer(work / "nginx", upstream.big_layer_file, upstream.big_layer_path) as nginx,
     ):

@@ -55,8 +55,8 @@ class ServerSettings:
     max_header_bytes: int = 64 * 1024
     # None: sized from the open-files limit at start-up.
     max_connections: int | None = None
-    # Worker processes serving on the one socket; None: one per CPU.
-    workers: int | None = 1
+    # Worker processes serving on the one socket; None: one per CPU (they share fills through the cache directory).
+    workers: int | None = None
     # Serve HTTPS with this certificate chain and key (PEM); re-read on SIGHUP and when the files change.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -323,7 +323,7 @@ class _Reader:
             },
         )  # fmt: skip
         tls = {name: self._get(server, "server", name, str, None) for name in ("tls_cert", "tls_key")}
-        workers_raw = server.get("workers", ServerSettings.workers)
+        workers_raw = server.get("workers", "auto")
         if workers_raw == "auto":
             workers = None
         elif isinstance(workers_raw, int) and not isinstance(workers_raw, bool) and 1 <= workers_raw <= 256:

@@ -37,7 +37,8 @@ class ProxyServer:
     ) -> None:
         """``extra_upstream``: more TOML lines for the docker.io upstream table; ``extra_config``: TOML appended
         after it (more ``[[upstreams]]`` tables); ``env``: added to the proxy's environment; ``server_config``: more
-        lines for ``[server]`` (with ``tls_cert``, pass ``ca``: the proxy then serves HTTPS, trusted through it);
+        lines for ``[server]`` (with ``tls_cert``, pass ``ca``: the proxy then serves HTTPS, trusted through it; one
+        worker process unless they set ``workers``, so that the upstream requests a test counts are one process's);
         ``extra_storage``: more lines for ``[storage]`` (a budget)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ class ProxyServer:
 [server]
 host = "{LOOPBACK}"
 port = {self.port}
-{server_config}
+{server_config if "workers" in server_config else "workers = 1"}
 
 [storage]
 root = "{self.cache_dir}"
