@@ -13,15 +13,12 @@ from storage.claims import ClaimLock, FilesystemForeignFill, key_hash
 from storage.digest import Digest, Hasher
 from storage.files import FileReader, fsync_dir, new_partial_path, sweep_partials
 from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, StorageError, StoredBlob
-from storage.leases import lock_if_free, same_file, unlink_unless_leased
+from storage.leases import lock_file, unlink_unless_leased
 from storage.paths import BLOBS, PARTIAL_SUFFIX, blob_digest, blob_path, claim_name, partial_name
 from storage.whole import write_whole
 
 __all__ = ["FilesystemBlobStore", "FilesystemBlobWriter", "scan_blobs"]
 
-# Claiming again after the lock file was replaced under us: each retry means another process just ended a fill of
-# this blob, so a few are plenty.
-_CLAIM_RETRIES = 8
 # Re-hashing what a dead filler left behind, this much at a time.
 _REHASH_CHUNK = 1024 * 1024
 
@@ -86,27 +83,18 @@ class FilesystemBlobStore:
         partial = final.with_name(partial_name(final.name, keyed))
         lock_path = final.with_name(claim_name(final.name, keyed))
         final.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(_CLAIM_RETRIES):
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                if not lock_if_free(lock_fd):
-                    return FilesystemForeignFill(final, partial, lock_fd)
-                if not same_file(lock_fd, lock_path):
-                    os.close(lock_fd)  # a fill ended and removed this lock file after we opened it: once more
-                    continue
-            except BaseException:
-                os.close(lock_fd)
-                raise
-            lock = ClaimLock(lock_path, lock_fd)
-            try:
-                if final.exists():
-                    lock.release()  # committed meanwhile (the caller's lookup missed it by a moment)
-                    return FilesystemForeignFill(final, partial, None)
-                return _take_or_start(digest, final, partial, lock)
-            except BaseException:
-                lock.release()
-                raise
-        raise StorageError(f"cannot claim the fill of {digest}: its lock file keeps changing")
+        lock_fd, held = lock_file(lock_path)
+        if not held:
+            return FilesystemForeignFill(final, partial, lock_fd)
+        lock = ClaimLock(lock_path, lock_fd)
+        try:
+            if final.exists():
+                lock.release()  # committed meanwhile (the caller's lookup missed it by a moment)
+                return FilesystemForeignFill(final, partial, None)
+            return _take_or_start(digest, final, partial, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     async def sweep(self, spare_younger_than: float = 0.0) -> int:
         return await asyncio.to_thread(sweep_partials, self._root, spare_younger_than)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from storage.files import FileReader
 from storage.interfaces import BlobReader, FillProgress, FillState, StorageError
-from storage.leases import lock_if_free, same_file, take_read_lease
+from storage.leases import lock_if_free, release_lock_file, same_file, take_read_lease
 
 __all__ = ["ClaimLock", "FilesystemForeignFill", "key_hash"]
 
@@ -61,15 +61,9 @@ class ClaimLock:
 
     def release(self) -> None:
         """Unlink, then unlock: a process that opened the file before the unlink finds its inode gone and retries."""
-        if self._fd < 0:
-            return
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
-        finally:
+        if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            release_lock_file(self._path, fd)
 
 
 def _parse(content: bytes) -> tuple[bool, int | None]:

@@ -17,7 +17,7 @@ import aiofiles.os
 
 from storage.interfaces import StorageError
 from storage.leases import claim_is_held, remove_free_claim, take_read_lease
-from storage.paths import CLAIM_SUFFIX, PARTIAL_SUFFIX, partial_name
+from storage.paths import CLAIM_SUFFIX, LOCK_SUFFIX, LOCKS, PARTIAL_SUFFIX, partial_name
 
 __all__ = [
     "FileReader",
@@ -66,13 +66,14 @@ def sweep_partials(root: Path, spare_younger_than: float = 0.0) -> int:
     else those untouched for ``spare_younger_than`` seconds (a running write touches its file with every chunk).
 
     Never a fill's partial file while a process holds its claim (another process, or another instance on this
-    cache, is filling it), and claim lock files only once free (:mod:`storage.claims`).
+    cache, is filling it), and claim and fetch lock files only once free (:mod:`storage.claims`, :mod:`storage.locks`).
     """
     cutoff = time.time() - spare_younger_than
     removed = 0
+    locks = root / LOCKS
     for directory, _dirs, files in os.walk(root):
         for name in files:
-            if name.endswith(CLAIM_SUFFIX):
+            if name.endswith(CLAIM_SUFFIX) or (name.endswith(LOCK_SUFFIX) and Path(directory).parent == locks):
                 removed += remove_free_claim(Path(directory, name))
             elif name.endswith(PARTIAL_SUFFIX):
                 path = Path(directory, name)

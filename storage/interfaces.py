@@ -7,6 +7,7 @@ behind it without touching ``proxy/``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -22,6 +23,7 @@ __all__ = [
     "DigestMismatch",
     "FillProgress",
     "FillState",
+    "FetchLocks",
     "ForeignFill",
     "ImageRecorder",
     "ManifestRecord",
@@ -155,6 +157,17 @@ class ForeignFill(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class FetchLocks(Protocol):
+    """"Someone is already asking the upstream this", across the processes and replicas sharing the storage, for
+    what is not a blob fill (those claim their blob: :meth:`BlobStore.claim`): a manifest by tag or digest."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[bool]:
+        """Hold ``key`` while asking the upstream. While another process holds it, waits (bounded: past the bound it
+        goes ahead, as a second upstream request beats a stuck pull); yields whether it waited, in which case the
+        answer the other process stored should be looked up before asking again."""
+        ...
 
 
 class BlobStore(Protocol):

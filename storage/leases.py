@@ -12,6 +12,7 @@ is being read.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -20,6 +21,8 @@ __all__ = [
     "claim_is_held",
     "is_leased",
     "lock_if_free",
+    "release_lock_file",
+    "lock_file",
     "remove_free_claim",
     "same_file",
     "take_read_lease",
@@ -116,7 +119,7 @@ def claim_is_held(lock_path: Path) -> bool:
 
 
 def remove_free_claim(lock_path: Path) -> bool:
-    """Remove a claim lock file that no fill holds (its holder died); True if removed."""
+    """Remove a claim's or fetch lock's file that no one holds (its holder died); True if removed."""
     try:
         fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -129,5 +132,40 @@ def remove_free_claim(lock_path: Path) -> bool:
         return True
     except OSError:
         return False
+    finally:
+        os.close(fd)
+
+
+# Opening a lock file again after it was replaced under us: each retry means its holder just finished.
+_LOCK_RETRIES = 8
+
+
+def lock_file(path: Path) -> tuple[int, bool]:
+    """Open (creating it) the lock file ``path`` and try to lock it exclusively, without waiting.
+
+    Returns the descriptor and whether we hold the lock; the caller closes the descriptor (which releases it). A
+    holder removes its lock file before it unlocks (so that lock files do not pile up): a lock taken on a file no
+    longer at ``path`` means nothing, and the file is opened again.
+    """
+    for _ in range(_LOCK_RETRIES):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if not lock_if_free(fd):
+                return fd, False
+            if same_file(fd, path):
+                return fd, True
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"the lock file {path.name} keeps changing")
+
+
+def release_lock_file(path: Path, fd: int) -> None:
+    """Remove, then unlock, a lock file taken with :func:`lock_file`."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     finally:
         os.close(fd)

@@ -32,6 +32,9 @@
                                             start-up; rebuilt if missing or damaged); schema in
                                             :mod:`storage.inventory_schema`
       inventory.evict.lock                  held (``flock``) by the one process evicting at a time
+      locks/<hh>/<sha256 of key>.lock       held (``flock``) by the process asking an upstream for a manifest, so
+                                            that other processes wait for its answer instead of asking too
+                                            (:mod:`storage.locks`); removed when done, a leftover swept when free
 
 Blob files are read under a shared ``flock`` (a *read lease*, taken by every reader, including readers of a
 partial file, whose lock carries over to the committed file it is renamed to); eviction deletes a blob only
@@ -57,12 +60,14 @@ __all__ = [
     "CLAIM_SUFFIX",
     "EVICT_LOCK",
     "INVENTORY",
+    "LOCK_SUFFIX",
     "PARTIAL_SUFFIX",
     "REPOSITORIES",
     "blob_digest",
     "blob_link_path",
     "blob_path",
     "claim_name",
+    "lock_path",
     "manifest_link_path",
     "manifests_dir",
     "partial_name",
@@ -81,6 +86,8 @@ TAGS_DIR = "_tags"
 
 PARTIAL_SUFFIX = ".partial"
 CLAIM_SUFFIX = ".claim"
+LOCKS = "locks"
+LOCK_SUFFIX = ".lock"
 
 
 def blob_path(digest: Digest) -> PurePosixPath:
@@ -134,6 +141,13 @@ def partial_name(final_name: str, token: str) -> str:
 def claim_name(final_name: str, key_hash: str) -> str:
     """The lock file of the fill of ``final_name`` whose partial file is ``partial_name(final_name, key_hash)``."""
     return f"{final_name}.{key_hash}{CLAIM_SUFFIX}"
+
+
+def lock_path(key_hash: str) -> PurePosixPath:
+    """The lock file of a fetch lock, by the hex hash of its key."""
+    if len(key_hash) != 64 or not all(c in "0123456789abcdef" for c in key_hash):
+        raise ValueError(f"invalid lock key hash {key_hash[:80]!r}")
+    return PurePosixPath(LOCKS, key_hash[:2], key_hash + LOCK_SUFFIX)
 
 
 def _repository_dir(registry: str, repository: str) -> PurePosixPath:
