@@ -160,7 +160,7 @@ class ForeignFill(Protocol):
 
 
 class FetchLocks(Protocol):
-    """"Someone is already asking the upstream this", across the processes and replicas sharing the storage, for
+    """ "Someone is already asking the upstream this", across the processes and replicas sharing the storage, for
     what is not a blob fill (those claim their blob: :meth:`BlobStore.claim`): a manifest by tag or digest."""
 
     def hold(self, key: str) -> AbstractAsyncContextManager[bool]:
