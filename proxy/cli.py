@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 from proxy import __version__
-from proxy.commands import gc as gc_command, ls as ls_command
 from proxy.config import ConfigError, Settings, load
 from proxy.observability import logs
 from proxy.server import EXIT_REFUSED, serve
-from proxy.warm import command as warm
 from storage.verify import verify_blobs
 
 __all__ = ["main"]
@@ -38,9 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify.add_argument("--config", type=Path, default=None, help="as for serve")
     verify.add_argument("--dry-run", action="store_true", help="report corrupt blobs without removing them")
-    warm.add_arguments(commands.add_parser("warm", help="pull images, or the images CI files name, into the cache"))
-    ls_command.register(commands)
-    gc_command.register(commands)
+    argv = sys.argv[1:] if argv is None else argv
+    # `serve` with several workers stays the workers' parent for as long as they run: it imports only what it needs
+    # (the workers import the app after the fork), so the other commands' modules are imported only to run them,
+    # or to list them in the help.
+    if _command(argv) not in ("serve", "verify"):
+        from proxy.commands import gc as gc_command, ls as ls_command
+        from proxy.warm import command as warm
+
+        warm.add_arguments(commands.add_parser("warm", help="pull images, or the images CI files name, into the cache"))
+        ls_command.register(commands)
+        gc_command.register(commands)
     args = parser.parse_args(argv)
 
     config_path = args.config or (Path(p) if (p := os.environ.get("REGISTRY_PROXY_CONFIG")) else None)
@@ -58,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gc":
         return gc_command.run(settings, args)
     return serve_forever(settings, args.log_level)
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first argument that is not an option), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def verify_cache(settings: Settings, *, remove: bool) -> int:

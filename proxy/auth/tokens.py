@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import jwt
-
 from proxy.auth.principal import Principal
 
 __all__ = ["IssuedToken", "TokenService", "load_or_create_key"]
@@ -38,6 +36,11 @@ class IssuedToken:
 
 class TokenService:
     def __init__(self, key: bytes, service: str, lifetime: float = 300.0) -> None:
+        # Imported by the first service built (only with [auth]): PyJWT loads the cryptography package where it is
+        # installed, ~9 MB in every worker process of a proxy that never issues a token otherwise.
+        import jwt
+
+        self._jwt = jwt
         self._key = key
         self.service = service
         self._lifetime = int(lifetime)
@@ -55,14 +58,14 @@ class TokenService:
             # Informative, as Distribution's tokens carry it; the rules decide each request.
             "access": [_access(scope) for scope in scopes if _access(scope)],
         }
-        token = jwt.encode(claims, self._key, algorithm=_ALGORITHM)
+        token = self._jwt.encode(claims, self._key, algorithm=_ALGORITHM)
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         return IssuedToken(token, self._lifetime, issued)
 
     def verify(self, token: str) -> Principal | None | bool:
         """The principal a valid token names (None: an anonymous token); False if the token is not valid."""
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
                 self._key,
                 algorithms=[_ALGORITHM],
@@ -71,7 +74,7 @@ class TokenService:
                 leeway=_LEEWAY,
                 options={"require": ["exp", "iat", "sub"]},
             )
-        except jwt.PyJWTError:
+        except self._jwt.PyJWTError:
             return False
         name = claims.get("sub")
         if not isinstance(name, str):

@@ -13,20 +13,15 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from proxy.app import create_app
-from proxy.auth.passwords import HtpasswdError, load_htpasswd
 from proxy.config import Settings
 from proxy.observability import logs, multiprocess
-from proxy.server.connections import ConnectionLimits, auto_max_connections, guarded_protocol, raise_descriptor_limit
-from proxy.server.tls import TlsReloader, check_tls_files
-from proxy.server.uvicorn_internals import unsupported
 from proxy.server.workers import supervise
-from proxy.server.zerocopy import ZeroCopyMiddleware
 from storage.preflight import check_root
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_REFUSED", "build_server", "serve"]
 
@@ -78,6 +73,21 @@ def _run(settings: Settings, log_level: str, listener: socket.socket, metrics_di
 def build_server(settings: Settings, log_level: str, metrics_dir: Path | None = None) -> uvicorn.Server:
     """The app under uvicorn with this module's wiring, not yet running: :func:`serve` runs it on the configured
     address, ``registry-proxy warm`` on a loopback port of its own."""
+    # Imported here, in the worker: the parent of several workers only supervises them, and stays small (every
+    # worker's resident memory counts, and it would be ~30 MB more per parent with the app imported before the fork).
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.server.connections import (
+        ConnectionLimits,
+        auto_max_connections,
+        guarded_protocol,
+        raise_descriptor_limit,
+    )
+    from proxy.server.tls import TlsReloader
+    from proxy.server.uvicorn_internals import unsupported
+    from proxy.server.zerocopy import ZeroCopyMiddleware
+
     server_settings = settings.server
     descriptors = raise_descriptor_limit()
     limits = ConnectionLimits(
@@ -136,6 +146,8 @@ def _listen(settings: Settings) -> socket.socket:
 def _check_auth(settings: Settings) -> None:
     htpasswd = settings.auth.htpasswd
     if htpasswd is not None:
+        from proxy.auth.passwords import HtpasswdError, load_htpasswd  # only with [auth]; see build_server
+
         try:
             load_htpasswd(htpasswd)
         except HtpasswdError as exc:
@@ -144,7 +156,11 @@ def _check_auth(settings: Settings) -> None:
 
 def _check_tls(settings: Settings) -> None:
     cert, key = settings.server.tls_cert, settings.server.tls_key
-    if cert is not None and key is not None and (problem := check_tls_files(cert, key)):
+    if cert is None or key is None:
+        return
+    from proxy.server.tls import check_tls_files  # only with TLS; see build_server
+
+    if problem := check_tls_files(cert, key):
         raise StartupRefused(f"server.tls_cert/server.tls_key: {problem}")
 
 
