@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 240
 SCENARIOS = {
     "cold_blob": {"proxy", "distribution", "upstream"},
+    "herd_single": {"proxy", "distribution"},
     "herd_wall": {"proxy", "distribution"},
     "herd_gets": {"proxy", "distribution"},
     "warm_blob": {"proxy", "distribution", "nginx"},
