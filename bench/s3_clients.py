@@ -4,10 +4,12 @@
 
 For each client, ``--rounds`` times back to back (the median counts): a ``--mib`` MiB put fed in 1 MiB chunks as
 a fill would (multipart, 8 MiB parts), a streaming get of it, and the latency of ``--small-gets`` GETs of a 1 KiB
-object (median and p90). obstore (Rust's object_store) streams a put from an async iterator; aiobotocore's put is
-driven part by part (CreateMultipartUpload, UploadPart, CompleteMultipartUpload) as the backend would. Both send
-MD5-free requests over plain HTTP on loopback. SeaweedFS is started by the harness (``tests.harness.seaweed``),
-unless ``--endpoint`` names a running one (then AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set).
+object (median and p90); then the time SeaweedFS takes to copy the big object server-side (the alternative to
+completing an upload only after verification: upload to a temporary key, copy once verified). obstore (Rust's
+object_store) streams a put from an async iterator; aiobotocore's put is driven part by part
+(CreateMultipartUpload, UploadPart, CompleteMultipartUpload) as the backend does. SeaweedFS is started by the
+harness (``tests.harness.seaweed``), unless ``--endpoint`` names a running one (then AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY must be set).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Figures:
     put_mib_s: list[float]
     get_mib_s: list[float]
     small_get_ms: list[float]
+    copy_s: list[float]
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,9 @@ class BotocoreClient:
                 total += len(chunk)
         return total
 
+    async def copy(self, source: str, target: str) -> None:
+        await self._client.copy_object(Bucket=BUCKET, Key=target, CopySource={"Bucket": BUCKET, "Key": source})
+
     async def put_small(self, key: str, data: bytes) -> None:
         await self._client.put_object(Bucket=BUCKET, Key=key, Body=data)
 
@@ -177,7 +183,7 @@ class BotocoreClient:
 async def measure(server: Server, mib: int, small_gets: int, rounds: int) -> dict[str, Figures]:
     await _create_bucket(server)
     data = os.urandom(mib * CHUNK)
-    figures = {name: Figures([], [], []) for name in ("obstore", "aiobotocore")}
+    figures = {name: Figures([], [], [], []) for name in ("obstore", "aiobotocore")}
     for round_ in range(rounds):
         # Back to back, alternating which goes first: the machine is shared and its load drifts.
         order: list[type[ObstoreClient] | type[BotocoreClient]] = [ObstoreClient, BotocoreClient]
@@ -200,6 +206,12 @@ async def measure(server: Server, mib: int, small_gets: int, rounds: int) -> dic
                 entry.get_mib_s.append(mib / fetched)
                 entry.small_get_ms.append(statistics.median(latencies) * 1000)
                 entry.small_get_ms.append(sorted(latencies)[int(len(latencies) * 0.9)] * 1000)
+                if isinstance(client, BotocoreClient):
+                    # The alternative to completing the upload after verification: upload to a temporary key,
+                    # then copy it to the blob's key. What that copy costs:
+                    started = time.perf_counter()
+                    await client.copy(key, key + ".copy")
+                    entry.copy_s.append(time.perf_counter() - started)
     return figures
 
 
@@ -225,6 +237,8 @@ def format_table(figures: dict[str, Figures], mib: int, small_gets: int, rounds:
             f"| {name} | {put:.0f} MiB/s | {get:.0f} MiB/s"
             f" | {statistics.median(medians):.2f} ms | {statistics.median(p90s):.2f} ms |"
         )
+    copies = figures["aiobotocore"].copy_s
+    lines.append(f"Server-side copy of the {mib} MiB object (CopyObject): {statistics.median(copies):.2f} s")
     return "\n".join(lines)
 
 
