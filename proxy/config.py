@@ -24,6 +24,7 @@ __all__ = [
     "PrefetchSettings",
     "LogSettings",
     "MetricsSettings",
+    "S3StorageSettings",
     "ServerSettings",
     "Settings",
     "StaticToken",
@@ -71,6 +72,21 @@ class StorageSettings:
     max_size: int | None = None
     # Eviction goes down to this many bytes; None: 90 % of max_size.
     low_watermark: int | None = None
+    # Where blobs live: "filesystem" (under root) or "s3" (a bucket; root then holds scratch files, the index
+    # and the inventory). The rest is for "s3" only.
+    backend: str = "filesystem"
+    s3: S3StorageSettings | None = None
+
+
+@dataclass(frozen=True)
+class S3StorageSettings:
+    endpoint: str  # http(s)://host[:port]; requests are path-style (http://host/bucket/key)
+    bucket: str  # created if missing
+    region: str = "us-east-1"
+    prefix: str = ""  # empty, or ending in "/"
+    # The secrets themselves, from the AWS_* variables or the key files at load time; never from the config file.
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -348,7 +364,14 @@ class _Reader:
         for name, seconds in timeouts.items():
             if seconds <= 0:
                 raise self._fail(f"server.{name}", "must be more than 0")
-        storage = self._table(raw, "storage", {"root", "required", "max_size", "low_watermark"})
+        storage = self._table(
+            raw,
+            "storage",
+            {
+                "root", "required", "max_size", "low_watermark", "backend", "endpoint", "bucket", "region", "prefix",
+                "access_key_file", "secret_key_file",
+            },
+        )  # fmt: skip
         root = self._get(storage, "storage", "root", str, None)
         if root is not None and (not root.strip() or "\0" in root):
             raise self._fail("storage.root", "expected a directory path")
@@ -378,6 +401,7 @@ class _Reader:
                 required=self._get(storage, "storage", "required", bool, StorageSettings.required),
                 max_size=max_size,
                 low_watermark=low_watermark,
+                **self._backend(storage),
             ),
             upstreams=upstreams,
             auth=(auth := self._auth(raw)),
@@ -518,6 +542,70 @@ class _Reader:
             pin = self._get(table, prefix, "pin", bool, PrefetchSettings.pin)
             result.append(PrefetchSettings(image.strip(), tuple(platforms), pin, refresh))
         return tuple(result)
+
+    def _backend(self, storage: dict[str, Any]) -> dict[str, Any]:
+        backend = self._get(storage, "storage", "backend", str, StorageSettings.backend)
+        s3_keys = ("endpoint", "bucket", "region", "prefix", "access_key_file", "secret_key_file")
+        if backend == "filesystem":
+            for name in s3_keys:
+                if name in storage:
+                    raise self._fail(f"storage.{name}", 'only with backend = "s3"')
+            return {}
+        if backend != "s3":
+            raise self._fail("storage.backend", f'expected "filesystem" or "s3", got {backend!r}')
+        endpoint = self._get(storage, "storage", "endpoint", str, None)
+        if endpoint is None:
+            raise self._fail("storage.endpoint", 'required with backend = "s3" (such as "http://127.0.0.1:8333")')
+        parts = urlsplit(endpoint)
+        try:
+            _ = parts.port
+        except ValueError:
+            parts = urlsplit("")  # a port that is not a number: refused below
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
+            raise self._fail("storage.endpoint", f"expected http(s)://host[:port], got {endpoint!r}")
+        if parts.path not in ("", "/"):
+            raise self._fail("storage.endpoint", "no path: the bucket goes in storage.bucket (path-style requests)")
+        bucket = self._get(storage, "storage", "bucket", str, None)
+        if bucket is None:
+            raise self._fail("storage.bucket", 'required with backend = "s3"')
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
+            raise self._fail("storage.bucket", f"not an S3 bucket name (3-63 of a-z 0-9 . -): {bucket!r}")
+        region = self._get(storage, "storage", "region", str, S3StorageSettings.region)
+        if not re.fullmatch(r"[a-z0-9-]{1,32}", region):
+            raise self._fail("storage.region", f"expected a region name such as us-east-1, got {region!r}")
+        prefix = self._get(storage, "storage", "prefix", str, "")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        if prefix.startswith("/") or "//" in prefix or any(p in (".", "..") for p in prefix.split("/")[:-1]):
+            raise self._fail("storage.prefix", f'expected a relative key prefix such as "cache/", got {prefix!r}')
+        access_key, secret_key = self._s3_credentials(storage)
+        s3 = S3StorageSettings(endpoint.rstrip("/"), bucket, region, prefix, access_key, secret_key)
+        return {"backend": backend, "s3": s3}
+
+    def _s3_credentials(self, storage: dict[str, Any]) -> tuple[str, str]:
+        names = ("access_key_file", "secret_key_file")
+        files = {name: self._get(storage, "storage", name, str, None) for name in names}
+        if (files["access_key_file"] is None) != (files["secret_key_file"] is None):
+            raise self._fail("storage.access_key_file", "set access_key_file and secret_key_file together")
+        if files["access_key_file"] is None:
+            access, secret = self._env.get("AWS_ACCESS_KEY_ID"), self._env.get("AWS_SECRET_ACCESS_KEY")
+            if not access or not secret:
+                why = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_file and"
+                raise self._fail("storage.access_key_file", why + " secret_key_file")
+            return access, secret
+        values = []
+        for name, file_name in files.items():
+            assert file_name is not None
+            try:
+                value = Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise self._fail(f"storage.{name}", f"cannot read {file_name}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise self._fail(f"storage.{name}", f"{file_name} is not UTF-8 text") from None
+            if not value:
+                raise self._fail(f"storage.{name}", f"{file_name} is empty")
+            values.append(value)
+        return values[0], values[1]
 
     def _budget(self, storage: dict[str, Any]) -> tuple[int | None, int | None]:
         max_size = low = None
