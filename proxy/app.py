@@ -27,7 +27,7 @@ from proxy.auth.challenge import TOKEN_PATH
 from proxy.auth.passwords import Htpasswd
 from proxy.auth.rules import ANONYMOUS, AUTHENTICATED, AccessPolicy, AccessRule
 from proxy.auth.tokens import TokenService, load_or_create_key
-from proxy.config import Settings, UpstreamSettings
+from proxy.config import S3StorageSettings, Settings, UpstreamSettings
 from proxy.endpoints.base import api_base
 from proxy.endpoints.blobs import get_blob
 from proxy.endpoints.catalog import catalog
@@ -68,6 +68,7 @@ from proxy.upstream.transport import upstream_transport
 from storage.accounting import AccountedBlobStore
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
+from storage.s3 import S3BlobStore, S3Settings
 
 __all__ = ["create_app", "upstream_registry"]
 
@@ -92,11 +93,17 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         async with AsyncExitStack() as stack:
             root = settings.storage.root.resolve()
-            blobs = FilesystemBlobStore(root)
+            blobs: FilesystemBlobStore | S3BlobStore
+            if settings.storage.s3 is not None:
+                # Blobs in the bucket; root keeps the fills' scratch files, the index and the inventory (for now).
+                blobs = await stack.enter_async_context(S3BlobStore.connect(_s3_settings(settings.storage.s3), root))
+            else:
+                blobs = FilesystemBlobStore(root)
+            # With several worker processes on this cache (or replicas on the bucket), another may be filling now.
+            shared = settings.server.workers != 1 or settings.storage.s3 is not None
             try:
                 root.mkdir(parents=True, exist_ok=True)
-                # With several worker processes on this cache, another one may be filling right now.
-                removed = await blobs.sweep(_SHARED_SWEEP_GRACE if settings.server.workers != 1 else 0.0)
+                removed = await blobs.sweep(_SHARED_SWEEP_GRACE if shared else 0.0)
                 if removed:
                     log.info("removed %d unfinished cache files left by an earlier run", removed)
             except OSError as exc:
@@ -139,7 +146,9 @@ def create_app(
             )
             prefetcher.start()
             stack.push_async_callback(prefetcher.stop)
-            log.info("cache at %s; upstreams: %s", root, ", ".join(f"{o.registry}" for o in origins))
+            s3 = settings.storage.s3
+            where = f"bucket {s3.bucket} at {s3.endpoint} (scratch in {root})" if s3 else root
+            log.info("cache at %s; upstreams: %s", where, ", ".join(f"{o.registry}" for o in origins))
             yield {"services": services}
 
     routes = [
@@ -204,6 +213,10 @@ class _ClientAuth:
     backend: ClientAuthBackend
     access: AccessControl
     tokens: TokenService
+
+
+def _s3_settings(s3: S3StorageSettings) -> S3Settings:
+    return S3Settings(s3.endpoint, s3.bucket, s3.region, s3.access_key, s3.secret_key, s3.prefix)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

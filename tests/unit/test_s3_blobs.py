@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from storage.digest import Digest
-from storage.interfaces import DigestMismatch, FillState, ForeignFill, SizeMismatch
+from storage.interfaces import (
+    BlobDeleter,
+    BlobLister,
+    BlobStore,
+    DigestMismatch,
+    FillState,
+    ForeignFill,
+    SizeMismatch,
+)
 from storage.s3 import S3BlobStore, S3BlobWriter, S3ForeignFill, S3Settings
 from storage.s3.layout import SCRATCH, lease_key
 from storage.s3.leases import Lease, read_lease
@@ -249,3 +257,8 @@ async def test_the_prefix_keeps_caches_apart(seaweed: SeaweedS3, settings: S3Set
         await first.put(digest, data)
         assert await second.stat(digest) is None
         assert await second.list_blobs() == []
+
+
+def _is_a_blob_store(store: S3BlobStore) -> tuple[BlobStore, BlobDeleter, BlobLister]:
+    # mypy checks that the S3 store is what the proxy and the lifecycle take.
+    return store, store, store
