@@ -79,11 +79,13 @@ class S3BlobStore:
         return None if info is None else info.size
 
     async def open(self, digest: Digest) -> tuple[BlobReader, int] | None:
-        info = await self._client.head(self._key(digest))
-        if info is None:
+        # One GET, no HEAD first: its answer says the size, and its body is what the first reads take.
+        stream = await self._client.open(self._key(digest))
+        if stream is None:
             return None
         self._reading[digest] += 1
-        return S3BlobReader(self._client, self._key(digest), info.size, lambda: self._closed(digest)), info.size
+        reader = S3BlobReader(self._client, self._key(digest), stream.size, lambda: self._closed(digest), stream)
+        return reader, stream.size
 
     def _closed(self, digest: Digest) -> None:
         self._reading[digest] -= 1
@@ -185,12 +187,19 @@ class S3BlobStore:
 class S3BlobReader:
     """A committed blob, read through one streaming GET while reads are sequential (a new ranged GET otherwise)."""
 
-    def __init__(self, client: ObjectClient, key: str, size: int, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: ObjectClient,
+        key: str,
+        size: int,
+        on_close: Callable[[], None],
+        stream: ObjectStream | None = None,
+    ) -> None:
         self._client = client
         self._key = key
         self._size = size
         self._on_close: Callable[[], None] | None = on_close
-        self._stream: ObjectStream | None = None
+        self._stream = stream  # positioned at 0
         self._position = 0
 
     def fileno(self) -> int | None:
@@ -201,15 +210,29 @@ class S3BlobReader:
             raise ValueError("read from a closed reader")
         if offset >= self._size or length <= 0:
             return b""
-        if self._stream is None or self._position != offset:
-            await self._drop_stream()
-            self._stream = await self._client.open(self._key, offset)
-            if self._stream is None:
-                raise StorageError(f"{self._key} was removed from the bucket while being read")
-            self._position = offset
-        data = await self._stream.read(length)
-        self._position += len(data)
-        return data
+        for attempt in range(2):
+            fresh = self._stream is None or self._position != offset
+            if fresh:
+                await self._drop_stream()
+                self._stream = await self._client.open(self._key, offset)
+                if self._stream is None:
+                    raise StorageError(f"{self._key} was removed from the bucket while being read")
+                self._position = offset
+            assert self._stream is not None
+            expected = min(length, self._size - offset)
+            try:
+                data = await self._stream.read(expected)
+                if len(data) < expected:
+                    raise StorageError(f"{self._key}: the bucket's answer ended {expected - len(data)} bytes early")
+            except StorageError:
+                # A stream kept open while its client stalled may have been closed by the server: once more, anew.
+                await self._drop_stream()
+                if fresh or attempt:
+                    raise
+                continue
+            self._position += len(data)
+            return data
+        raise AssertionError("unreachable")
 
     async def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None

@@ -21,7 +21,7 @@ from storage.interfaces import (
     ForeignFill,
     SizeMismatch,
 )
-from storage.s3 import S3BlobStore, S3BlobWriter, S3ForeignFill, S3Settings
+from storage.s3 import S3BlobReader, S3BlobStore, S3BlobWriter, S3ForeignFill, S3Settings
 from storage.s3.layout import SCRATCH, lease_key
 from storage.s3.leases import Lease, read_lease
 from storage.s3.objects import ObjectClient
@@ -92,6 +92,23 @@ async def test_put_then_stat_open_get(store: S3BlobStore) -> None:
         assert await reader.read(100_000, 200_000) == data[100_000:]
         assert await reader.read(5, 10) == data[5:15]
         assert await reader.read(len(data), 10) == b""
+    finally:
+        await reader.close()
+
+
+async def test_a_reader_whose_stream_broke_reads_on(store: S3BlobStore) -> None:
+    data, digest = _blob(3 * MIB)
+    await store.put(digest, data)
+    opened = await store.open(digest)
+    assert opened is not None
+    reader = opened[0]
+    assert isinstance(reader, S3BlobReader)
+    try:
+        assert await reader.read(0, MIB) == data[:MIB]
+        stream = reader._stream
+        assert stream is not None
+        await stream.close()  # as if the server closed a connection that waited on a stalled client
+        assert await reader.read(MIB, 2 * MIB) == data[MIB:]
     finally:
         await reader.close()
 
