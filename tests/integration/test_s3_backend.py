@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,41 @@ def test_skopeo_pulls_through_the_s3_backend(
     upstream_registry.wait_quiet()
     blob_gets = [r for r in upstream_registry.requests_since(mark) if r.method == "GET" and "/blobs/" in r.path]
     assert blob_gets == []
+
+
+def test_two_replicas_missing_one_blob_fetch_it_once(
+    images: Images,
+    upstream_registry: DistributionRegistry,
+    seaweed: SeaweedS3,
+    skopeo: str,
+    tmp_path: Path,
+) -> None:
+    # A bucket of their own: nothing cached yet. Both replicas are asked for the big image at once; the one whose
+    # claim wins fetches the 200 MiB layer, the other waits for it in the bucket.
+    fresh = "pair-" + secrets.token_hex(4)
+    image = images["big"]
+    layer = max(image.blobs, key=lambda blob: blob.size)
+    upstream_registry.wait_quiet()
+    mark = upstream_registry.mark()
+    with (
+        _s3_proxy(tmp_path / "one", upstream_registry, seaweed, fresh) as one,
+        _s3_proxy(tmp_path / "two", upstream_registry, seaweed, fresh) as two,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        clients = [Skopeo(tmp_path / f"skopeo-{i}") for i in range(2)]
+        pulls = [
+            pool.submit(client.copy, proxy.ref(image.ref), tmp_path / f"pull-{i}", tls_verify=False)
+            for i, (client, proxy) in enumerate(zip(clients, (one, two), strict=True))
+        ]
+        for pull in pulls:
+            layout = pull.result(timeout=300)
+            assert layout.manifest_digest == image.digest
+            layout.verify_blobs()
+    upstream_registry.wait_quiet()
+    layer_gets = [
+        r for r in upstream_registry.requests_since(mark) if r.method == "GET" and r.path.endswith(layer.digest)
+    ]
+    assert len(layer_gets) == 1, layer_gets
+    objects, uploads, leases = _bucket_state(seaweed, fresh)
+    assert objects[blob_key(PREFIX, Digest.parse(layer.digest))] == layer.size
+    assert (uploads, leases) == (0, 0)
