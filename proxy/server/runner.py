@@ -7,6 +7,7 @@ are one line on stderr naming the key, and exit status 2, never a traceback; see
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -165,6 +166,16 @@ def _check_tls(settings: Settings) -> None:
 
 
 def _check_storage(settings: Settings) -> None:
+    s3 = settings.storage.s3
+    if s3 is not None:
+        # The bucket holds the blobs: one that cannot take an object is refused like an unusable root. (Imported
+        # here: the supervising parent of the workers stays lean.)
+        from storage.s3.objects import S3Settings, check_bucket
+
+        location = S3Settings(s3.endpoint, s3.bucket, s3.region, s3.access_key, s3.secret_key, s3.prefix)
+        problem = asyncio.run(check_bucket(location))
+        if problem is not None:
+            raise StartupRefused(f"storage.endpoint: {problem}")
     root = settings.storage.root
     problem = check_root(root)
     if problem is None:

@@ -22,6 +22,7 @@ from storage.interfaces import StorageError
 
 __all__ = [
     "ObjectClient",
+    "check_bucket",
     "ObjectInfo",
     "ObjectStream",
     "PreconditionFailed",
@@ -274,6 +275,19 @@ class ObjectClient:
         except Exception as exc:
             raise _storage_error(f"cannot list the uploads under {prefix}", exc) from exc
         return found
+
+
+async def check_bucket(settings: S3Settings) -> str | None:
+    """None if the bucket exists (or could be created) and takes an object; else what is wrong, in a few words."""
+    probe = f"{settings.prefix}.probe.{os.urandom(8).hex()}"
+    try:
+        async with ObjectClient(settings) as client:
+            await client.ensure_bucket()
+            await client.put(probe, b"\0")
+            await client.delete(probe)
+    except StorageError as exc:
+        return str(exc)
+    return None
 
 
 class _EmptyBody:

@@ -69,3 +69,22 @@ def test_bad_s3_configs_name_the_key(tmp_path: Path, text: str, environ: dict[st
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text), environ=environ)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_unreachable_bucket_refuses_to_start(tmp_path: Path) -> None:
+    from tests.harness.ports import free_port
+    from tests.unit.test_cli import one_line, run_cli
+
+    (tmp_path / "access").write_text("AKIDFILE\n")
+    (tmp_path / "secret").write_text("secret-from-file\n")
+    closed = free_port()  # nothing listens there
+    config = write(
+        tmp_path,
+        f'[server]\nhost = "127.0.0.1"\nport = 1\n[storage]\nroot = "{tmp_path / "cache"}"\nbackend = "s3"\n'
+        f'endpoint = "http://127.0.0.1:{closed}"\nbucket = "cache"\n'
+        f'access_key_file = "{tmp_path / "access"}"\nsecret_key_file = "{tmp_path / "secret"}"\n',
+    )
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "storage.endpoint" in line and f"127.0.0.1:{closed}" in line and "secret-from-file" not in line
