@@ -105,8 +105,10 @@ class S3BlobStore:
 
     async def put(self, digest: Digest, data: bytes) -> None:
         # Small content (manifests): verified in memory, then one conditional PutObject.
-        actual = await asyncio.to_thread(Digest.of, data, digest.algorithm) if len(data) > 65536 else None
-        actual = actual or Digest.of(data, digest.algorithm)
+        if len(data) > 65536:
+            actual = await asyncio.to_thread(Digest.of, data, digest.algorithm)  # off the event loop
+        else:
+            actual = Digest.of(data, digest.algorithm)
         if actual != digest:
             raise DigestMismatch(digest, actual)
         try:
