@@ -8,25 +8,22 @@ a fill is still running when the other process's clients arrive.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from tests.harness.deadline import poll_until
 from tests.harness.images import Images
 from tests.harness.proxy_server import ProxyServer
+from tests.harness.pulls import Pulls
 from tests.harness.registry import DistributionRegistry
 from tests.harness.throttle import ThrottledRelay
 
-TIMEOUT = 120.0
 FILL_SECONDS = 4.0
 """How long the throttled upstream takes to send the big layer: long enough to start the other clients meanwhile."""
 
@@ -38,43 +35,6 @@ def slow_upstream(upstream_registry: DistributionRegistry, images: Images) -> It
     rate = images["big"].layers[0].size / FILL_SECONDS
     with ThrottledRelay(target.hostname, target.port, rate) as relay:
         yield relay
-
-
-class Pulls:
-    """Clients downloading one blob in threads; each records the sha256 and length of what it received."""
-
-    def __init__(self, digest: str) -> None:
-        self.digest = digest
-        self.results: list[tuple[str, int] | BaseException] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def start(self, proxy: ProxyServer, repository: str) -> None:
-        thread = threading.Thread(target=self._pull, args=(f"{proxy.url}/v2/{repository}/blobs/{self.digest}",))
-        thread.start()
-        self._threads.append(thread)
-
-    def _pull(self, url: str) -> None:
-        try:
-            hasher = hashlib.sha256()
-            size = 0
-            with httpx.stream("GET", url, timeout=TIMEOUT) as response:
-                response.raise_for_status()
-                for chunk in response.iter_raw():
-                    hasher.update(chunk)
-                    size += len(chunk)
-            result: tuple[str, int] | BaseException = (f"sha256:{hasher.hexdigest()}", size)
-        except BaseException as exc:  # reported by the test; a thread must not die silently
-            result = exc
-        with self._lock:
-            self.results.append(result)
-
-    def join(self) -> list[tuple[str, int] | BaseException]:
-        deadline = time.monotonic() + TIMEOUT
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        assert not any(thread.is_alive() for thread in self._threads), "a client is still downloading"
-        return self.results
 
 
 def blob_gets(upstream: DistributionRegistry, mark: int, digest: str) -> list[int]:
