@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from bench.backends import storage_backends
 from bench.chart import draw_chart
 from bench.figures import Measured
 from bench.machine import load_average, machine_info
@@ -82,6 +83,8 @@ def run(work: Path, settings: Settings) -> list[Measured]:
         with warm_servers(upstream, work) as servers:
             measured.append(warm_blob(bench, servers))
             measured += cached_manifests(bench, servers)
+        say("storage backends: the proxy on the filesystem and on S3 (SeaweedFS)...")
+        measured += storage_backends(bench)
         measured.append(peak_rss(bench))
     return measured
 

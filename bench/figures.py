@@ -6,17 +6,19 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["DISTRIBUTION", "NGINX", "PROXY", "SUBJECT_NAMES", "UPSTREAM", "Measured", "Unit"]
+__all__ = ["DISTRIBUTION", "NGINX", "PROXY", "S3", "SUBJECT_NAMES", "UPSTREAM", "Measured", "Unit"]
 
 PROXY = "proxy"
 DISTRIBUTION = "distribution"
 UPSTREAM = "upstream"
 NGINX = "nginx"
+S3 = "s3"  # the proxy itself, on the S3 backend (bench.backends)
 SUBJECT_NAMES = {
     PROXY: "registry-proxy",
     DISTRIBUTION: "Distribution proxy",
     UPSTREAM: "straight from upstream",
     NGINX: "nginx",
+    S3: "S3 backend",
 }
 
 Unit = Literal["s", "B/s", "req/s", "GETs", "B"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.figures import DISTRIBUTION, NGINX, PROXY, SUBJECT_NAMES, UPSTREAM, Measured, Unit
+from bench.figures import DISTRIBUTION, NGINX, PROXY, S3, SUBJECT_NAMES, UPSTREAM, Measured, Unit
 from bench.targets import Verdict
 
 __all__ = ["Report", "busy", "format_figure", "format_table", "result_paths", "write_json"]
@@ -64,7 +64,7 @@ def format_table(report: Report) -> str:
         cells.append(
             "; ".join(
                 f"{format_figure(measured.value(s), measured.unit)} ({SUBJECT_NAMES[s]})"
-                for s in (UPSTREAM, NGINX)
+                for s in (UPSTREAM, NGINX, S3)
                 if s in measured.runs
             )
         )

@@ -28,6 +28,8 @@ SCENARIOS = {
         for kind in ("tag", "digest")
         for figure in ("", "_p50", "_p99")
     },
+    "backend_cold": {"proxy", "s3"},
+    "backend_warm": {"proxy", "s3"},
     "peak_rss": {"proxy", "distribution"},
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
