@@ -1,6 +1,7 @@
 """The proxy side by side with CNCF Distribution's proxy mode and nginx: issue 11's table, on this machine.
 
     .venv/bin/python -m bench.compare [--quick] [--runs 3] [--mib 200] [--seconds 10] [--out bench/results]
+                                      [--only {blobs,manifests}]
 
 Starts on 127.0.0.1 a token issuer and a token-auth Distribution seeded with a single-layer image of --mib MiB
 and small images (the upstream), then the proxy, Distribution in proxy mode and nginx serving the big layer's
@@ -11,6 +12,8 @@ time) and the peak RSS of the proxy's processes. Prints the figures and their ra
 writes <out>/<date>.json and <out>/<date>.png. Every server it starts is stopped before it exits.
 
 --quick (an 8 MiB blob, 1 s of wrk, one run) only shows that the benchmark works: its figures mean little.
+--only runs some scenarios (and judges only their targets): ``blobs`` the cold, herd and warm blob and the storage
+backends, ``manifests`` the cached manifests; the peak RSS is measured either way.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import datetime as dt
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -33,13 +36,14 @@ from bench.machine import load_average, machine_info
 from bench.report import Report, format_table, result_paths, write_json
 from bench.scenarios import Bench, Settings, cached_manifests, cold_blob, herd, peak_rss, warm_blob
 from bench.servers import warm_servers
-from bench.targets import evaluate, issue_targets
+from bench.targets import Target, evaluate, issue_targets
 from bench.upstream import seeded_upstream
 
 __all__ = ["main"]
 
 QUICK = Settings(runs=1, big_layer_mib=8, wrk_seconds=1.0)
 FULL = Settings()
+GROUPS = ("blobs", "manifests")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
@@ -52,6 +56,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--seconds", type=float, help=f"length of each wrk run (default {FULL.wrk_seconds:g})")
     parser.add_argument("--client", choices=["curl", "socket"], help="blob client: curl | openssl (default) or a "
                         "lean Python socket reader")  # fmt: skip
+    parser.add_argument("--only", choices=GROUPS, help="only these scenarios (default: all)")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results", help="where the JSON and PNG go (bench/results)"
     )
@@ -69,22 +74,27 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     return args, settings
 
 
-def run(work: Path, settings: Settings) -> list[Measured]:
-    """Every scenario, in an order that keeps the upstream's cache of each server as the scenario needs it."""
+def run(work: Path, settings: Settings, groups: Collection[str] = GROUPS) -> list[Measured]:
+    """The scenarios of ``groups``, in an order that keeps the upstream's cache of each server as they need it."""
     say = _say
     say(f"seeding the upstream ({settings.big_layer_mib} MiB layer)...")
+    measured: list[Measured] = []
     with seeded_upstream(work, settings.big_layer_mib) as upstream:
         bench = Bench(upstream, work, settings, say)
-        say("cold blob (a new, empty cache each run)...")
-        measured = [cold_blob(bench)]
-        say(f"{settings.herd_clients} clients on one uncached blob...")
-        measured += herd(bench)
+        if "blobs" in groups:
+            say("cold blob (a new, empty cache each run)...")
+            measured.append(cold_blob(bench))
+            say(f"{settings.herd_clients} clients on one uncached blob...")
+            measured += herd(bench)
         say("warm servers: the proxy, Distribution's proxy, nginx...")
         with warm_servers(upstream, work) as servers:
-            measured.append(warm_blob(bench, servers))
-            measured += cached_manifests(bench, servers)
-        say("storage backends: the proxy on the filesystem and on S3 (SeaweedFS)...")
-        measured += storage_backends(bench)
+            if "blobs" in groups:
+                measured.append(warm_blob(bench, servers))
+            if "manifests" in groups:
+                measured += cached_manifests(bench, servers)
+        if "blobs" in groups:
+            say("storage backends: the proxy on the filesystem and on S3 (SeaweedFS)...")
+            measured += storage_backends(bench)
         measured.append(peak_rss(bench))
     return measured
 
@@ -94,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = load_average()
     with _stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
-        measured = {m.key: m for m in run(Path(tmp), settings)}
+        measured = {m.key: m for m in run(Path(tmp), settings, [args.only] if args.only else GROUPS)}
+    # With --only, the targets of the scenarios not run are left out.
+    targets = [t for t in issue_targets(settings.herd_clients) if _measurable(t, measured)]
     report = Report(
         date=started.isoformat(timespec="seconds"),
         mode="quick" if args.quick else "full",
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine_info(),
         load={"before": load_before, "after": load_average()},
         measured=measured,
-        verdicts=evaluate(issue_targets(settings.herd_clients), measured),
+        verdicts=evaluate(targets, measured),
     )
     print()
     print(format_table(report))
@@ -125,6 +137,10 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _measurable(target: Target, measured: Mapping[str, Measured]) -> bool:
+    return target.key in measured and (target.reference is None or target.reference[0] in measured)
 
 
 def _say(line: str) -> None:
