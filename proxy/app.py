@@ -52,6 +52,7 @@ from proxy.observability.status_page import StatusPage
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.catalog import CatalogService
 from proxy.pullthrough.manifests import ManifestService
+from proxy.pullthrough.memo import DEFAULT_MAX_BYTES as MEMO_MAX_BYTES, ManifestMemo
 from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.referrers import ReferrersService
 from proxy.pullthrough.tags import TagService
@@ -133,7 +134,16 @@ def create_app(
             services = Services(
                 router=router,
                 blobs=BlobService(cache, index, negative, events=metrics),
-                manifests=ManifestService(cache, index, negative=negative, images=pulls, events=metrics),
+                manifests=ManifestService(
+                    cache,
+                    index,
+                    negative=negative,
+                    images=pulls,
+                    events=metrics,
+                    # Hits of small manifests and fresh tags from memory; each counts as a read for the budget's LRU.
+                    memo=ManifestMemo(MEMO_MAX_BYTES),
+                    accessed=lifecycle.ledger.opened,
+                ),
                 tags=TagService(index),
                 referrers=ReferrersService(cache, index),
                 catalog=CatalogService(index, router.default_registry),

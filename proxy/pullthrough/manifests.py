@@ -6,6 +6,9 @@ from that record (:mod:`proxy.pullthrough.negotiation`).
 
 Past the TTL a tag is revalidated with one upstream HEAD (which Docker Hub does not count as a pull);
 the manifest itself is only fetched again when the tag moved to a digest this repository lacks.
+
+Manifests served and tag answers are also kept in memory (:mod:`proxy.pullthrough.memo`): a hit of a fresh tag or
+of a digest the repository holds is answered from there without touching the disk.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TypeVar
 from proxy.errors import RegistryError
 from proxy.media_types import DOCKER_MANIFEST_LIST, Accept
 from proxy.pullthrough.events import NO_PULL_EVENTS, PullEvents
+from proxy.pullthrough.memo import ManifestMemo
 from proxy.pullthrough.negative import NegativeCache
 from proxy.pullthrough.negotiation import default_image, not_accepted
 from proxy.pullthrough.singleflight import SingleFlight
@@ -53,13 +57,19 @@ class ManifestService:
         negative: NegativeCache | None = None,
         images: ImageRecorder | None = None,
         events: PullEvents = NO_PULL_EVENTS,
+        memo: ManifestMemo | None = None,
+        accessed: Callable[[Digest], None] | None = None,
     ) -> None:
+        """``memo``: manifests and tag answers in memory (a small one of its own if not given); ``accessed``: told
+        when a manifest is served from memory, as a read of its cached file would be (the cache budget's LRU)."""
         self._blobs = blobs
         self._index = index
         self._clock = clock
         # The upstream's recent "no such manifest" answers, by (registry, repository, tag or digest).
         self._negative = negative or NegativeCache()
         self._images = images  # the inventory's record of cached images and their pulls
+        self._memo = memo if memo is not None else ManifestMemo()
+        self._accessed = accessed
         # Concurrent pulls of one tag or digest share one lookup and at most one upstream round trip.
         self._flights: SingleFlight[Manifest] = SingleFlight(on_join=lambda: events.joined("manifest"))
 
@@ -69,9 +79,11 @@ class ManifestService:
         return manifest
 
     async def by_tag(self, origin: Origin, repository: str, tag: str, accept: Accept) -> Manifest:
-        # One answer per tag, whatever this client accepts: clients with different Accept headers share one lookup.
-        key = ("tag", origin.registry, repository, tag)
-        manifest = await self._flights.do(key, lambda: self._by_tag(origin, repository, tag))
+        manifest = self._fresh_in_memory(origin, repository, tag)
+        if manifest is None:
+            # One answer per tag, whatever this client accepts: clients with different Accept headers share one lookup.
+            key = ("tag", origin.registry, repository, tag)
+            manifest = await self._flights.do(key, lambda: self._by_tag(origin, repository, tag))
         if self._images is not None:
             self._images.tag_pulled(origin.registry, repository, tag)  # per client, outside the shared flight
         if accept.allows(manifest.media_type):
@@ -89,6 +101,9 @@ class ManifestService:
         return replace(found, stale=manifest.stale)
 
     async def _digest(self, origin: Origin, repository: str, digest: Digest) -> Manifest:
+        found = self._in_memory(origin, repository, digest)
+        if found is not None:
+            return found
         key = ("digest", origin.registry, repository, digest)
         return await self._flights.do(key, lambda: self._by_digest(origin, repository, digest))
 
@@ -105,10 +120,24 @@ class ManifestService:
             cached = await self._remember(origin, repository, fetched)
         return cached
 
+    def _fresh_in_memory(self, origin: Origin, repository: str, tag: str) -> Manifest | None:
+        record = self._memo.tag(origin.registry, repository, tag)
+        if record is None or self._clock() - record.fetched_at >= origin.tag_ttl:
+            return None
+        return self._in_memory(origin, repository, record.digest)
+
+    def _in_memory(self, origin: Origin, repository: str, digest: Digest) -> Manifest | None:
+        found = self._memo.manifest(origin.registry, repository, digest)
+        if found is not None and self._accessed is not None:
+            self._accessed(digest)
+        return found
+
     async def _by_tag(self, origin: Origin, repository: str, tag: str) -> Manifest:
+        # From disk, not memory: another process sharing the cache may have refreshed the tag since.
         record = await self._index.get_tag(origin.registry, repository, tag)
         cached = await self._cached(origin, repository, record.digest) if record is not None else None
         if cached is not None and record is not None and self._clock() - record.fetched_at < origin.tag_ttl:
+            self._memo.remember_tag(origin.registry, repository, tag, record)
             return cached
         try:
             return await self._refresh_tag(origin, repository, tag, cached)
@@ -166,6 +195,9 @@ class ManifestService:
         return replace(await self._remember(origin, repository, FetchedManifest(digest, media_type, body)), cached=True)
 
     async def _cached(self, origin: Origin, repository: str, digest: Digest) -> Manifest | None:
+        found = self._in_memory(origin, repository, digest)
+        if found is not None:
+            return found
         record = await self._index.get_manifest(origin.registry, repository, digest)
         if record is None:
             return None
@@ -174,10 +206,15 @@ class ManifestService:
         # is refetched instead of served.
         if body is None or Digest.of(body, digest.algorithm) != digest:
             return None
-        return Manifest(digest, record.media_type, body, cached=True)
+        manifest = Manifest(digest, record.media_type, body, cached=True)
+        self._memo.remember_manifest(origin.registry, repository, manifest)
+        return manifest
 
     async def _remember(self, origin: Origin, repository: str, fetched: FetchedManifest) -> Manifest:
         manifest = Manifest(fetched.digest, fetched.media_type, fetched.body)
+        # Verified bytes the upstream gave for this repository: served from memory next time (even if the disk
+        # write below fails, which spares the upstream a GET per pull while the disk is full).
+        self._memo.remember_manifest(origin.registry, repository, replace(manifest, cached=True))
         try:
             await self._blobs.put(fetched.digest, fetched.body)
             record = ManifestRecord(fetched.digest, fetched.media_type, len(fetched.body))
@@ -198,6 +235,7 @@ class ManifestService:
 
     async def _remember_tag(self, origin: Origin, repository: str, tag: str, manifest: Manifest) -> None:
         record = TagRecord(manifest.digest, manifest.media_type, len(manifest.body), self._clock())
+        self._memo.remember_tag(origin.registry, repository, tag, record)
         try:
             await self._index.put_tag(origin.registry, repository, tag, record)
             if self._images is not None:
