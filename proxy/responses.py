@@ -17,10 +17,12 @@ from proxy.pullthrough.manifests import Manifest
 from proxy.pullthrough.segments import FileSegment
 from storage.digest import Digest
 
-__all__ = ["STALE_WARNING", "BlobResponse", "error_response", "manifest_response", "x_cache"]
+__all__ = ["STALE_WARNING", "BlobResponse", "ManifestResponse", "error_response", "manifest_response", "x_cache"]
 
 # RFC 7234 warn-code 110: served from the cache past its freshness because the upstream failed.
 STALE_WARNING = '110 - "Response is Stale"'
+_STALE_WARNING = STALE_WARNING.encode()
+_X_CACHE = {value: value.encode() for value in ("HIT", "MISS", "STALE")}
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +34,29 @@ def error_response(error: RegistryError, head: bool = False) -> Response:
 
 
 def manifest_response(manifest: Manifest, head: bool) -> Response:
-    headers = {
-        "Docker-Content-Digest": str(manifest.digest),
-        "ETag": f'"{manifest.digest}"',
-        "Content-Length": str(len(manifest.body)),
-    }
-    if manifest.stale:
-        headers["Warning"] = STALE_WARNING
-    headers["X-Cache"] = x_cache(manifest)
-    # HEAD must still announce the real length: containerd needs Content-Length with the digest.
-    return Response(b"" if head else manifest.body, 200, headers, media_type=manifest.media_type)
+    return ManifestResponse(manifest, head)
+
+
+class ManifestResponse(Response):
+    """A manifest's exact bytes, with its raw headers built directly: the most frequent answer of all (a cached
+    manifest), spared the generic header handling of :class:`Response`, which costs more than the rest of a hit."""
+
+    def __init__(self, manifest: Manifest, head: bool) -> None:
+        digest = str(manifest.digest).encode()
+        self.status_code = 200
+        self.background = None
+        # HEAD must still announce the real length: containerd needs Content-Length with the digest.
+        self.body = b"" if head else manifest.body
+        self.media_type = manifest.media_type
+        self.raw_headers = [
+            (b"docker-content-digest", digest),
+            (b"etag", b'"' + digest + b'"'),
+            (b"content-length", b"%d" % len(manifest.body)),
+            (b"x-cache", _X_CACHE[x_cache(manifest)]),
+            (b"content-type", manifest.media_type.encode("latin-1")),
+        ]
+        if manifest.stale:
+            self.raw_headers.insert(3, (b"warning", _STALE_WARNING))
 
 
 def x_cache(manifest: Manifest) -> str:
