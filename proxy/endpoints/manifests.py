@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from functools import lru_cache
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,13 +13,17 @@ from proxy.services import services
 
 __all__ = ["get_manifest"]
 
+# Accept headers up to this long are parsed once per process (clients send the same few over and over); a longer
+# one, which no client sends, is parsed each time rather than kept.
+_REMEMBERED_ACCEPT = 512
+
 
 async def get_manifest(request: Request) -> Response:
     svc = services(request)
     where = target(request)
     origin, repository = where.origin, where.repository
     reference = parse_reference(request.path_params["reference"])
-    accept = Accept.parse(request.headers.getlist("accept"))
+    accept = _accept(request.headers.getlist("accept"))
     if isinstance(reference, str):
         manifest = await svc.manifests.by_tag(origin, repository, reference, accept)
     else:
@@ -26,3 +32,14 @@ async def get_manifest(request: Request) -> Response:
         headers = {"ETag": f'"{manifest.digest}"', "X-Cache": x_cache(manifest)}
         return echo_namespace(Response(status_code=304, headers=headers), where)
     return echo_namespace(manifest_response(manifest, head=request.method == "HEAD"), where)
+
+
+def _accept(values: list[str]) -> Accept:
+    if len(values) == 1 and len(values[0]) <= _REMEMBERED_ACCEPT:
+        return _parse_accept(values[0])
+    return Accept.parse(values)
+
+
+@lru_cache(maxsize=64)
+def _parse_accept(value: str) -> Accept:
+    return Accept.parse([value])
