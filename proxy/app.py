@@ -162,9 +162,10 @@ def create_app(
             yield {"services": services}
 
     routes = [
+        # First: the most frequent request (the router tries routes in order); no other route's path can match it.
+        Route("/v2/{name:path}/manifests/{reference}", get_manifest, methods=["GET"]),
         Route("/v2/", api_base, methods=["GET"]),
         Route("/v2/_catalog", catalog, methods=["GET"]),
-        Route("/v2/{name:path}/manifests/{reference}", get_manifest, methods=["GET"]),
         Route("/v2/{name:path}/blobs/{digest}", get_blob, methods=["GET"]),
         Route("/v2/{name:path}/tags/list", list_tags, methods=["GET"]),
         Route("/v2/{name:path}/referrers/{digest}", list_referrers, methods=["GET"]),
