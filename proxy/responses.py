@@ -39,7 +39,7 @@ def manifest_response(manifest: Manifest, head: bool) -> Response:
 
 class ManifestResponse(Response):
     """A manifest's exact bytes, with its raw headers built directly: the most frequent answer of all (a cached
-    manifest), spared the generic header handling of :class:`Response`, which costs more than the rest of a hit."""
+    manifest) is spared the generic header handling of :class:`Response` (about 4 us of a 60 us hit)."""
 
     def __init__(self, manifest: Manifest, head: bool) -> None:
         digest = str(manifest.digest).encode()
