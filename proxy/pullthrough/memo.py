@@ -1,7 +1,8 @@
 """Recently served manifests and tag answers, kept in this process's memory so that a hit opens no file.
 
-A cached manifest read from disk costs three index and blob files opened and read through a thread pool, and a
-hash of the bytes; from here it costs a dictionary lookup. The memo is a least-recently-used table bounded by
+A cached manifest read from storage costs the tag's and the manifest's index files and the manifest's blob opened
+and read through a thread pool (with the S3 backend, the blob is a GET from the bucket), and a hash of the bytes;
+from here it costs a dictionary lookup. The memo is a least-recently-used table bounded by
 bytes (the bodies, plus an estimate of what each entry costs Python), so each worker process holds at most a few
 MiB whatever it serves.
 
