@@ -69,6 +69,7 @@ from proxy.upstream.transport import upstream_transport
 from storage.accounting import AccountedBlobStore
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
+from storage.locks import FilesystemFetchLocks
 from storage.s3 import S3BlobStore, S3Settings
 
 __all__ = ["create_app", "upstream_registry"]
@@ -143,6 +144,8 @@ def create_app(
                     # Hits of small manifests and fresh tags from memory; each counts as a read for the budget's LRU.
                     memo=ManifestMemo(MEMO_MAX_BYTES),
                     accessed=lifecycle.ledger.opened,
+                    # Worker processes (and `warm`) on this cache ask the upstream for a manifest one at a time.
+                    locks=FilesystemFetchLocks(root),
                 ),
                 tags=TagService(index),
                 referrers=ReferrersService(cache, index),

@@ -7,6 +7,7 @@ polls, as ``flock`` cannot wait with a timeout and a blocking wait would hold a 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from pathlib import Path
 from storage.leases import lock_file, release_lock_file
 from storage.paths import lock_path
 
-__all__ = ["FilesystemFetchLocks"]
+__all__ = ["NO_FETCH_LOCKS", "FilesystemFetchLocks", "NoFetchLocks"]
 
 # Polling a held lock: first after this long, doubling up to _POLL_MAX.
 _POLL_MIN = 0.005
@@ -37,7 +38,7 @@ class FilesystemFetchLocks:
         waited = False
         interval = _POLL_MIN
         fd = await self._try(path)
-        while fd is None and loop.time() < deadline:
+        while fd is _HELD_ELSEWHERE and loop.time() < deadline:
             waited = True
             await asyncio.sleep(interval)
             interval = min(interval * 2, _POLL_MAX)
@@ -45,22 +46,41 @@ class FilesystemFetchLocks:
         try:
             yield waited
         finally:
-            if fd is not None:
+            if isinstance(fd, int):
                 await asyncio.to_thread(release_lock_file, path, fd)
 
-    async def _try(self, path: Path) -> int | None:
-        """The descriptor of the held lock, or None if another process holds it (or locks cannot be had at all:
-        then nobody waits for anybody, which only costs upstream requests)."""
+    async def _try(self, path: Path) -> int | _Outcome:
+        """The descriptor of the held lock; _HELD_ELSEWHERE; or _UNAVAILABLE when locks cannot be had at all (an
+        unusable cache root): then nobody waits for anybody, which only costs upstream requests."""
         try:
             return await asyncio.to_thread(_try_lock, path)
         except OSError:
-            return None
+            return _Outcome.UNAVAILABLE
 
 
-def _try_lock(path: Path) -> int | None:
+class _Outcome(enum.Enum):
+    HELD_ELSEWHERE = "held elsewhere"
+    UNAVAILABLE = "unavailable"
+
+
+_HELD_ELSEWHERE = _Outcome.HELD_ELSEWHERE
+
+
+def _try_lock(path: Path) -> int | _Outcome:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, held = lock_file(path)
     if held:
         return fd
     os.close(fd)
-    return None
+    return _Outcome.HELD_ELSEWHERE
+
+
+class NoFetchLocks:
+    """For a process alone on its storage (and tests): nothing to wait for."""
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[bool]:
+        yield False
+
+
+NO_FETCH_LOCKS = NoFetchLocks()

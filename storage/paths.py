@@ -60,6 +60,7 @@ __all__ = [
     "CLAIM_SUFFIX",
     "EVICT_LOCK",
     "INVENTORY",
+    "LOCKS",
     "LOCK_SUFFIX",
     "PARTIAL_SUFFIX",
     "REPOSITORIES",

@@ -30,7 +30,16 @@ from proxy.routing import Origin
 from proxy.upstream.client import MAX_MANIFEST_SIZE, FetchedManifest, embedded_media_type
 from storage.contents import CONFIG, LAYER, contents_of
 from storage.digest import Digest
-from storage.interfaces import BlobStore, ImageRecorder, ManifestRecord, RepositoryIndex, StorageError, TagRecord
+from storage.interfaces import (
+    BlobStore,
+    FetchLocks,
+    ImageRecorder,
+    ManifestRecord,
+    RepositoryIndex,
+    StorageError,
+    TagRecord,
+)
+from storage.locks import NO_FETCH_LOCKS
 
 __all__ = ["Manifest", "ManifestService"]
 
@@ -59,9 +68,12 @@ class ManifestService:
         events: PullEvents = NO_PULL_EVENTS,
         memo: ManifestMemo | None = None,
         accessed: Callable[[Digest], None] | None = None,
+        locks: FetchLocks = NO_FETCH_LOCKS,
     ) -> None:
         """``memo``: manifests and tag answers in memory (a small one of its own if not given); ``accessed``: told
-        when a manifest is served from memory, as a read of its cached file would be (the cache budget's LRU)."""
+        when a manifest is served from memory, as a read of its cached file would be (the cache budget's LRU);
+        ``locks``: shared with the other processes (and replicas) using this storage, so that they ask the upstream
+        for one tag or manifest one at a time (none: this process alone)."""
         self._blobs = blobs
         self._index = index
         self._clock = clock
@@ -70,6 +82,7 @@ class ManifestService:
         self._images = images  # the inventory's record of cached images and their pulls
         self._memo = memo if memo is not None else ManifestMemo()
         self._accessed = accessed
+        self._locks = locks
         # Concurrent pulls of one tag or digest share one lookup and at most one upstream round trip.
         self._flights: SingleFlight[Manifest] = SingleFlight(on_join=lambda: events.joined("manifest"))
 
@@ -111,14 +124,18 @@ class ManifestService:
         cached = await self._cached(origin, repository, digest)
         if cached is None:
             cached = await self._confirm_cached(origin, repository, digest)
-        if cached is None:
+        if cached is not None:
+            return cached
+        # As for a tag (_by_tag): one process sharing the cache at a time asks the upstream for it.
+        async with self._locks.hold(f"manifest {origin.registry}/{repository}@{digest}") as waited:
+            if waited and (cached := await self._cached(origin, repository, digest)) is not None:
+                return cached
             # The digest fixes the content, so ask for every type; whether this client accepts it is
             # checked per caller (callers with different Accept headers share this fetch).
             fetched = await self._ask(origin, repository, digest, origin.remote.get_manifest)
             if fetched.digest != digest:
                 raise RegistryError.bad_gateway(f"upstream {origin.registry} sent a manifest other than {digest}")
-            cached = await self._remember(origin, repository, fetched)
-        return cached
+            return await self._remember(origin, repository, fetched)
 
     def _fresh_in_memory(self, origin: Origin, repository: str, tag: str) -> Manifest | None:
         record = self._memo.tag(origin.registry, repository, tag)
@@ -133,20 +150,37 @@ class ManifestService:
         return found
 
     async def _by_tag(self, origin: Origin, repository: str, tag: str) -> Manifest:
+        fresh, cached = await self._tag_on_disk(origin, repository, tag)
+        if fresh:
+            assert cached is not None
+            return cached
+        # Other processes sharing this cache (workers, replicas on one bucket) may be asking the upstream for this tag
+        # right now: one at a time, and one that waited takes the answer the other stored (Docker Hub counts
+        # manifest GETs against its pull limit, so N workers must not make N).
+        async with self._locks.hold(f"tag {origin.registry}/{repository}:{tag}") as waited:
+            if waited:
+                fresh, cached = await self._tag_on_disk(origin, repository, tag)
+                if fresh:
+                    assert cached is not None
+                    return cached
+            try:
+                return await self._refresh_tag(origin, repository, tag, cached)
+            except RegistryError as exc:
+                if cached is None or not exc.is_outage:
+                    raise
+                # The cache is more available than the registry behind it: a pull that worked before still works.
+                log.warning("serving stale %s/%s:%s (upstream: %s)", origin.registry, repository, tag, exc.message)
+                return replace(cached, stale=True)
+
+    async def _tag_on_disk(self, origin: Origin, repository: str, tag: str) -> tuple[bool, Manifest | None]:
+        """Whether the stored answer for the tag is fresh, and the manifest it points to if cached."""
         # From disk, not memory: another process sharing the cache may have refreshed the tag since.
         record = await self._index.get_tag(origin.registry, repository, tag)
         cached = await self._cached(origin, repository, record.digest) if record is not None else None
         if cached is not None and record is not None and self._clock() - record.fetched_at < origin.tag_ttl:
             self._memo.remember_tag(origin.registry, repository, tag, record)
-            return cached
-        try:
-            return await self._refresh_tag(origin, repository, tag, cached)
-        except RegistryError as exc:
-            if cached is None or not exc.is_outage:
-                raise
-            # The cache is more available than the registry behind it: a pull that worked before still works.
-            log.warning("serving stale %s/%s:%s (upstream: %s)", origin.registry, repository, tag, exc.message)
-            return replace(cached, stale=True)
+            return True, cached
+        return False, cached
 
     async def _ask(
         self,

@@ -73,3 +73,14 @@ async def test_sweep_removes_free_leftover_locks_only(tmp_path: Path) -> None:
         assert sweep_partials(tmp_path) == 1
         assert lock_files(tmp_path) == held and evict.exists()
     assert lock_files(tmp_path) == []
+
+
+async def test_an_unusable_root_makes_nobody_wait(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    locks = FilesystemFetchLocks(blocker / "cache", max_wait=30)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with locks.hold(KEY) as first, locks.hold(KEY) as second:
+        assert (first, second) == (False, False)
+    assert loop.time() - started < 5  # not the 30 s bound: there is no lock to wait for

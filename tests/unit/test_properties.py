@@ -26,7 +26,7 @@ from proxy.config import ServerSettings, Settings, StorageSettings, UpstreamSett
 from proxy.errors import RegistryError
 from proxy.ranges import parse_range
 from storage.digest import Digest, InvalidDigest
-from storage.paths import EVICT_LOCK, INVENTORY, blob_path, manifest_link_path, tag_path, tags_dir
+from storage.paths import EVICT_LOCK, INVENTORY, LOCKS, blob_path, manifest_link_path, tag_path, tags_dir
 from storage.references import is_registry, is_repository, is_tag
 from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry
 
@@ -162,7 +162,9 @@ def check_contained(proxy: Proxy) -> None:
     assert sorted(os.listdir(proxy.tmp)) == ["cache", "sentinel.txt"]
     assert (proxy.tmp / "sentinel.txt").read_bytes() == proxy.sentinel
     inventory = {INVENTORY, f"{INVENTORY}-wal", f"{INVENTORY}-shm", EVICT_LOCK}
-    assert set(os.listdir(proxy.root)) <= {"blobs", "repositories", *inventory}
+    assert set(os.listdir(proxy.root)) <= {"blobs", "repositories", LOCKS, *inventory}
+    # Fetch locks are removed once released: only their shard directories stay.
+    assert not [p for p in (proxy.root / LOCKS).rglob("*") if p.is_file()]
 
 
 # -- the app, in-process ---------------------------------------------------------------------------------------------

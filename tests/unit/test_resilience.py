@@ -118,6 +118,28 @@ async def test_two_processes_on_one_cache_share_one_download(tmp_path: Path, fak
     assert fake.count("GET", "cdn/") == 1
 
 
+@pytest.mark.parametrize("reference", ["1", "digest"])
+async def test_two_processes_on_one_cache_ask_for_a_manifest_once(
+    reference: str, tmp_path: Path, fake: FakeRegistry
+) -> None:
+    # Docker Hub counts manifest GETs: worker processes sharing a cache must not each make one.
+    digest = next(iter(fake.manifests))[1]
+    gate = Gate()
+    handler = SlowUpstream(fake, gate)
+    root = tmp_path / "shared"
+    async with (
+        running(make_app(tmp_path, handler, root=root)) as a,
+        running(make_app(tmp_path, handler, root=root)) as b,
+    ):
+        url = f"/v2/library/app/manifests/{digest if reference == 'digest' else reference}"
+        requests = [asyncio.create_task((a if i % 2 else b).get(url)) for i in range(10)]
+        await asyncio.sleep(0.05)
+        gate.open.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+    assert all(r.status_code == 200 and r.headers["docker-content-digest"] == digest for r in responses)
+    assert fake.count("GET", "/manifests/") == 1
+
+
 async def test_concurrent_blob_heads_share_one_upstream_head_and_never_download(
     tmp_path: Path, fake: FakeRegistry
 ) -> None:
