@@ -59,22 +59,15 @@ async def read_lease(client: ObjectClient, key: str) -> LeaseView | None:
     return LeaseView(info.etag, started, size if isinstance(size, int) else None, age)
 
 
-async def take(
-    client: ObjectClient, key: str, heartbeat: float, *, look_first: bool = False, what: str = "lease"
-) -> Lease | None:
+async def take(client: ObjectClient, key: str, heartbeat: float, *, what: str = "lease") -> Lease | None:
     """The lease at ``key`` if it is free or its holder is gone; None while a live holder has it (or another
-    replica took it over just now). One round of a few requests: callers bound how often they try.
-
-    The conditional create comes first: when the lease is free (the usual case) that is the only request.
-    ``look_first``: read it first instead, for a caller that just found it held (a GET is cheaper than a PUT
-    that is bound to fail).
+    replica took it just now). One round of a few requests, looking first (a GET is cheaper than a conditional PUT
+    bound to fail): for a caller that found it held and tries again, as often as it sees fit.
     """
     lease = Lease(client, key, heartbeat, what=what)
-    if not look_first and await lease.create():
-        return lease
     view = await read_lease(client, key)
     if view is None:
-        # Released meanwhile (or never there): whoever creates it now has it.
+        # Released (or never there): whoever creates it now has it.
         return lease if await lease.create() else None
     if view.is_stale(heartbeat) and await lease.take_over(view.etag):
         log.info("took over the abandoned %s %s (%.0f s old)", what, key, view.age)
