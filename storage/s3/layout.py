@@ -30,7 +30,8 @@ The repository index is the disk's (:mod:`storage.paths`) under ``<prefix>``, ke
 the same JSON: every key is built from a path that :mod:`storage.paths` built, which validated each name in it
 first. An entry is written whole by one PutObject, so it is never seen half-written, and S3's read-after-write
 consistency lets every replica read what any other wrote last; a tag's entry is the last answer written (each is
-a complete answer of the upstream, and the fetch lock on the tag keeps replicas from asking at the same time).
+a complete answer of the upstream; ordering them by ``fetched_at`` would compare the clocks of different replicas,
+and once the manifest service holds a fetch lock per tag, replicas no longer ask at the same time).
 A tag list is one listing of ``_tags/``; the repositories are found by listing one level of names at a time
 (a delimiter listing per name component), as the disk's are by walking its directories.
 
