@@ -69,8 +69,9 @@ from proxy.upstream.transport import upstream_transport
 from storage.accounting import AccountedBlobStore
 from storage.blobs import FilesystemBlobStore
 from storage.index import FilesystemIndex
+from storage.interfaces import StorageError
 from storage.locks import FilesystemFetchLocks
-from storage.s3 import S3BlobStore, S3Settings
+from storage.s3 import ObjectClient, S3BlobStore, S3FetchLocks, S3RepositoryIndex, S3Settings
 
 __all__ = ["create_app", "upstream_registry"]
 
@@ -96,11 +97,21 @@ def create_app(
         async with AsyncExitStack() as stack:
             root = settings.storage.root.resolve()
             blobs: FilesystemBlobStore | S3BlobStore
+            index: FilesystemIndex | S3RepositoryIndex
+            locks: FilesystemFetchLocks | S3FetchLocks
             if settings.storage.s3 is not None:
-                # Blobs in the bucket; root keeps the fills' scratch files, the index and the inventory (for now).
-                blobs = await stack.enter_async_context(S3BlobStore.connect(_s3_settings(settings.storage.s3), root))
+                # Blobs, the repository index and fetch locks in the bucket, which every replica shares; root keeps
+                # the fills' scratch files and the inventory (for now). One client, one connection pool, for all.
+                bucket = await stack.enter_async_context(ObjectClient(_s3_settings(settings.storage.s3)))
+                await bucket.ensure_bucket()
+                blobs = S3BlobStore(bucket, root)
+                index = S3RepositoryIndex(bucket)
+                locks = S3FetchLocks(bucket)
+                await _sweep_locks(locks)
             else:
                 blobs = FilesystemBlobStore(root)
+                index = FilesystemIndex(root)
+                locks = FilesystemFetchLocks(root)
             # With several worker processes on this cache (or replicas on the bucket), another may be filling now.
             shared = settings.server.workers != 1 or settings.storage.s3 is not None
             try:
@@ -116,7 +127,6 @@ def create_app(
                 remote = upstream_registry(upstream, transport, metrics)
                 stack.push_async_callback(remote.aclose)
                 origins.append(Origin(upstream.registry, remote, upstream.tag_ttl, upstream.negative_ttl))
-            index = FilesystemIndex(root)
             # The inventory, the budget and pins: every read, fill and manifest goes through its ledger.
             budget = Budget.of(settings.storage)
             lifecycle = Lifecycle(root, blobs, index, budget, on_evicted=metrics.evicted)
@@ -144,8 +154,8 @@ def create_app(
                     # Hits of small manifests and fresh tags from memory; each counts as a read for the budget's LRU.
                     memo=ManifestMemo(MEMO_MAX_BYTES),
                     accessed=lifecycle.ledger.opened,
-                    # Worker processes (and `warm`) on this cache ask the upstream for a manifest one at a time.
-                    locks=FilesystemFetchLocks(root),
+                    # Processes (workers, replicas, `warm`) on this storage ask the upstream for a manifest in turn.
+                    locks=locks,
                 ),
                 tags=TagService(index),
                 referrers=ReferrersService(cache, index),
@@ -231,6 +241,17 @@ class _ClientAuth:
 
 def _s3_settings(s3: S3StorageSettings) -> S3Settings:
     return S3Settings(s3.endpoint, s3.bucket, s3.region, s3.access_key, s3.secret_key, s3.prefix)
+
+
+async def _sweep_locks(locks: S3FetchLocks) -> None:
+    # Locks left by replicas that died holding them; each would also be taken over by the next fetch of its key.
+    try:
+        removed = await locks.sweep()
+    except StorageError as exc:
+        log.warning("cannot sweep leftover fetch locks: %s", exc)
+        return
+    if removed:
+        log.info("removed %d fetch locks left by replicas that stopped", removed)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -72,7 +72,7 @@ class StorageSettings:
     max_size: int | None = None
     # Eviction goes down to this many bytes; None: 90 % of max_size.
     low_watermark: int | None = None
-    # Where blobs live: "filesystem" (under root) or "s3" (a bucket; root then holds scratch files, the index
+    # Where blobs and the index live: "filesystem" (under root) or "s3" (a bucket; root then holds scratch files
     # and the inventory). The rest is for "s3" only.
     backend: str = "filesystem"
     s3: S3StorageSettings | None = None

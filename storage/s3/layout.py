@@ -13,25 +13,62 @@
                                             rewritten with ``If-Match`` every heartbeat; deleted by its holder
                                             once the fill committed or failed. ``<key-hash>`` is the first 32 hex
                                             characters of the key's SHA-256: any key gives a safe, short name
+    <prefix>locks/<sha256 of key>           a fetch lock (:mod:`storage.s3.locks`): the lease of the one replica
+                                            asking an upstream for a manifest by tag or digest, the same JSON
+                                            and the same rules as a fill's lease
+    <prefix>repositories/<registry>/<repository>/
+      _manifests/<alg>/<hex>                JSON {"media_type", "size"}: this repository is known to have this
+                                            manifest
+      _tags/<tag>                           JSON {"digest", "media_type", "size", "fetched_at"}: the last answer
+                                            an upstream gave for the tag, and when (by the clock of the replica
+                                            that asked)
+      _referrers/<alg>/<hex>                the same for the referrers index of a subject manifest
+      _layers/<alg>/<hex>                   empty: this repository is known to hold this blob; a blob is served
+                                            under a repository only with this link
+
+The repository index is the disk's (:mod:`storage.paths`) under ``<prefix>``, key for path, and its entries hold
+the same JSON: every key is built from a path that :mod:`storage.paths` built, which validated each name in it
+first. An entry is written whole by one PutObject, so it is never seen half-written, and S3's read-after-write
+consistency lets every replica read what any other wrote last; a tag's entry is the last answer written (each is
+a complete answer of the upstream; ordering them by ``fetched_at`` would compare the clocks of different replicas,
+and once the manifest service holds a fetch lock per tag, replicas no longer ask at the same time).
+A tag list is one listing of ``_tags/``; the repositories are found by listing one level of names at a time
+(a delimiter listing per name component), as the disk's are by walking its directories.
 
 Multipart uploads in flight are under the blob's own key (invisible until completed); those left by a crash
 are found with ListMultipartUploads and aborted by ``sweep``. Partial copies a fill keeps for the clients of
 its own process (who read it while it grows) are local files: ``<root>/s3-scratch/<alg>-<hex>.<random>.partial``.
 
-``<prefix>`` is ``[storage] prefix``: empty, or a path ending in ``/``. The repository index, the tags and the
-lifecycle inventory are not in the bucket yet: they stay under ``<root>`` as :mod:`storage.paths` describes.
+``<prefix>`` is ``[storage] prefix``: empty, or a path ending in ``/``. The lifecycle inventory (sizes, last
+accesses, pins) is not in the bucket yet: each replica keeps its own under ``<root>`` (:mod:`storage.paths`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import PurePosixPath
 
 from storage.digest import SUPPORTED_ALGORITHMS, Digest, InvalidDigest
+from storage.paths import REPOSITORIES
 
-__all__ = ["BLOBS", "FILLS", "SCRATCH", "blob_digest", "blob_key", "fills_prefix", "lease_key"]
+__all__ = [
+    "BLOBS",
+    "FILLS",
+    "LOCKS",
+    "SCRATCH",
+    "blob_digest",
+    "blob_key",
+    "fills_prefix",
+    "index_key",
+    "lease_key",
+    "lock_key",
+    "locks_prefix",
+    "repositories_prefix",
+]
 
 BLOBS = "blobs/"
 FILLS = "fills/"
+LOCKS = "locks/"
 SCRATCH = "s3-scratch"
 
 
@@ -59,6 +96,26 @@ def lease_key(prefix: str, digest: Digest, key: str) -> str:
 
 def fills_prefix(prefix: str) -> str:
     return prefix + FILLS
+
+
+def lock_key(prefix: str, key: str) -> str:
+    """The fetch lock of ``key`` (any string: only its hash is in the name)."""
+    return f"{prefix}{LOCKS}{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+
+
+def locks_prefix(prefix: str) -> str:
+    return prefix + LOCKS
+
+
+def index_key(prefix: str, path: PurePosixPath) -> str:
+    """The key of the index entry at ``path``: one that a :mod:`storage.paths` function built (and validated)."""
+    if path.is_absolute() or path.parts[:1] != (REPOSITORIES,) or ".." in path.parts:
+        raise ValueError(f"not a repository index path: {str(path)[:200]!r}")
+    return prefix + path.as_posix()
+
+
+def repositories_prefix(prefix: str) -> str:
+    return f"{prefix}{REPOSITORIES}/"
 
 
 def _check_digest(digest: Digest) -> None:

@@ -1,6 +1,7 @@
-"""Fill leases in the bucket: which replica fetches a blob from the upstream, and whether it is still alive.
+"""Leases in the bucket: which replica fetches something from the upstream, and whether it is still alive.
 
-A lease is a small object (:mod:`storage.s3.layout`) created with ``If-None-Match: *``: of any number of replicas
+Fills of blobs (:mod:`storage.s3.blobs`) and fetch locks on manifests (:mod:`storage.s3.locks`) both use them. A
+lease is a small object (:mod:`storage.s3.layout`) created with ``If-None-Match: *``: of any number of replicas
 creating it at once exactly one succeeds. Its holder rewrites it every ``heartbeat`` seconds with ``If-Match`` on
 the version it wrote last (each body holds a random holder token and a counter, so every version has its own
 ETag). Age is measured on the server's clock alone (the answer's ``Date`` less the lease's ``Last-Modified``),
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from storage.interfaces import StorageError
 from storage.s3.objects import ObjectClient, PreconditionFailed
 
-__all__ = ["Lease", "LeaseView", "read_lease"]
+__all__ = ["Lease", "LeaseView", "read_lease", "take"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,28 @@ async def read_lease(client: ObjectClient, key: str) -> LeaseView | None:
     return LeaseView(info.etag, started, size if isinstance(size, int) else None, age)
 
 
-class Lease:
-    """The lease this process holds (or tries to take) on one fill."""
+async def take(client: ObjectClient, key: str, heartbeat: float, *, what: str = "lease") -> Lease | None:
+    """The lease at ``key`` if it is free or its holder is gone; None while a live holder has it (or another
+    replica took it just now). One round of a few requests, looking first (a GET is cheaper than a conditional PUT
+    bound to fail): for a caller that found it held and tries again, as often as it sees fit.
+    """
+    lease = Lease(client, key, heartbeat, what=what)
+    view = await read_lease(client, key)
+    if view is None:
+        # Released (or never there): whoever creates it now has it.
+        return lease if await lease.create() else None
+    if view.is_stale(heartbeat) and await lease.take_over(view.etag):
+        log.info("took over the abandoned %s %s (%.0f s old)", what, key, view.age)
+        return lease
+    return None
 
-    def __init__(self, client: ObjectClient, key: str, heartbeat: float) -> None:
+
+class Lease:
+    """The lease this process holds (or tries to take) on one fill or fetch; ``what`` names it in the log."""
+
+    def __init__(self, client: ObjectClient, key: str, heartbeat: float, *, what: str = "fill lease") -> None:
         self.key = key
+        self.what = what
         self._client = client
         self._heartbeat = heartbeat
         self._holder = secrets.token_hex(8)
@@ -116,8 +134,8 @@ class Lease:
             except PreconditionFailed:
                 pass  # taken over meanwhile: the new holder's
             except StorageError as exc:
-                # Left behind, it goes stale and the next claim takes it over.
-                log.warning("cannot remove the fill lease %s: %s", self.key, exc)
+                # Left behind, it goes stale and the next claim takes it over (or a sweep removes it).
+                log.warning("cannot remove the %s %s: %s", self.what, self.key, exc)
             self._etag = None
 
     def _start(self) -> None:
@@ -130,7 +148,7 @@ class Lease:
                 await self._write()
             except StorageError as exc:
                 # The bucket is unreachable for now: try again next beat (followers wait 3 beats before taking over).
-                log.warning("cannot renew the fill lease %s: %s", self.key, exc)
+                log.warning("cannot renew the %s %s: %s", self.what, self.key, exc)
 
     async def _write(self) -> None:
         async with self._lock:
@@ -139,7 +157,8 @@ class Lease:
             try:
                 self._etag = await self._client.put(self.key, self._body(), if_match=self._etag)
             except PreconditionFailed:
-                # Another replica found our lease stale and took it over: the fill goes on (its result is verified
-                # and content-addressed), but the lease is no longer ours to renew or delete.
+                # Another replica found our lease stale and took it over: the work goes on (a fill's result is
+                # verified and content-addressed; a fetch only costs one more upstream request), but the lease is
+                # no longer ours to renew or delete.
                 self.lost = True
-                log.warning("lost the fill lease %s to another replica", self.key)
+                log.warning("lost the %s %s to another replica", self.what, self.key)

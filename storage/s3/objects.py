@@ -225,6 +225,19 @@ class ObjectClient:
         except Exception as exc:
             raise _storage_error(f"cannot list {prefix}", exc) from exc
 
+    async def list_directories(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (which ends in ``/``) that have keys under them: the
+        "subdirectories" of a delimiter listing, without the prefix or the trailing ``/``."""
+        found: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                for entry in page.get("CommonPrefixes", []):
+                    found.append(str(entry["Prefix"])[len(prefix) :].rstrip("/"))
+        except Exception as exc:
+            raise _storage_error(f"cannot list {prefix}", exc) from exc
+        return found
+
     async def start_upload(self, key: str) -> str:
         try:
             answer = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
