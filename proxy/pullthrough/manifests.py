@@ -175,7 +175,11 @@ class ManifestService:
     async def _tag_on_disk(self, origin: Origin, repository: str, tag: str) -> tuple[bool, Manifest | None]:
         """Whether the stored answer for the tag is fresh, and the manifest it points to if cached."""
         # From disk, not memory: another process sharing the cache may have refreshed the tag since.
-        record = await self._index.get_tag(origin.registry, repository, tag)
+        try:
+            record = await self._index.get_tag(origin.registry, repository, tag)
+        except (StorageError, OSError) as exc:
+            log.error("cannot read tag %s/%s:%s from the cache: %s", origin.registry, repository, tag, exc)
+            record = None
         cached = await self._cached(origin, repository, record.digest) if record is not None else None
         if cached is not None and record is not None and self._clock() - record.fetched_at < origin.tag_ttl:
             self._memo.remember_tag(origin.registry, repository, tag, record)
@@ -232,10 +236,15 @@ class ManifestService:
         found = self._in_memory(origin, repository, digest)
         if found is not None:
             return found
-        record = await self._index.get_manifest(origin.registry, repository, digest)
-        if record is None:
+        try:
+            record = await self._index.get_manifest(origin.registry, repository, digest)
+            if record is None:
+                return None
+            body = await self._blobs.get(digest, MAX_MANIFEST_SIZE)
+        except (StorageError, OSError) as exc:
+            # The storage failing (a bucket out of reach) is a miss: the upstream answers instead, never a 500.
+            log.error("cannot read manifest %s of %s/%s from the cache: %s", digest, origin.registry, repository, exc)
             return None
-        body = await self._blobs.get(digest, MAX_MANIFEST_SIZE)
         # Manifests are small: re-hashing on every hit costs microseconds and means a damaged cache file
         # is refetched instead of served.
         if body is None or Digest.of(body, digest.algorithm) != digest:

@@ -12,7 +12,8 @@ import pytest
 
 from proxy.app import create_app
 from proxy.config import Settings, StorageSettings, UpstreamSettings
-from storage.blobs import FilesystemBlobWriter
+from storage.blobs import FilesystemBlobStore, FilesystemBlobWriter
+from storage.interfaces import StorageError
 from storage.paths import INVENTORY
 from tests.unit.asgi import envelope_code, running
 from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_MANIFEST, REGISTRY, FakeRegistry, sha256
@@ -381,3 +382,24 @@ async def test_disk_full_during_a_fill_answers_a_short_range_with_the_whole_blob
         response = await client.get(f"/v2/library/app/blobs/{sha256(BLOB)}", headers={"Range": "bytes=0-99"})
     assert response.status_code == 200
     assert response.content == BLOB
+
+
+async def test_a_cache_that_fails_to_read_a_manifest_is_a_miss_not_a_500(
+    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate()
+    gate.open.set()
+    root = tmp_path / "cache"
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate), root=root)) as client:
+        assert (await client.get("/v2/library/app/manifests/1")).status_code == 200
+
+    async def unreadable(self: FilesystemBlobStore, digest: object, max_size: int) -> bytes | None:
+        raise StorageError("the bucket is out of reach")
+
+    monkeypatch.setattr(FilesystemBlobStore, "get", unreadable)
+    before = fake.count("GET", "/manifests/")
+    # A new process (nothing in memory): the cached manifest cannot be read, so the upstream answers.
+    async with running(make_app(tmp_path, SlowUpstream(fake, gate), root=root, tag_ttl=0)) as client:
+        response = await client.get("/v2/library/app/manifests/1")
+    assert response.status_code == 200
+    assert fake.count("GET", "/manifests/") == before + 1
