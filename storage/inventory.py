@@ -14,7 +14,7 @@ event loop. Schema: :mod:`storage.inventory_schema`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ __all__ = [
     "InventoryDamaged",
     "NewerSchema",
     "Pin",
+    "PublishedPin",
     "Reconciled",
 ]
 
@@ -107,6 +108,25 @@ class Pin:
     repository: str
     reference: str  # a tag, or a digest
     pinned_at: float
+
+
+@dataclass(frozen=True)
+class PublishedPin:
+    """A pin as replicas without a shared inventory exchange it: the digests it keeps, worked out by whoever pinned.
+
+    ``expires``: seconds since the epoch, on the writer's clock; a pin nobody renews stops counting then.
+    """
+
+    registry: str
+    repository: str
+    reference: str
+    digests: frozenset[str]
+    pinned_at: float
+    expires: float
+
+    @property
+    def key(self) -> TagKey:
+        return self.registry, self.repository, self.reference
 
 
 @dataclass(frozen=True)
@@ -235,6 +255,15 @@ class Inventory:
         ).fetchall()
         return [BlobRow(*row) for row in rows]
 
+    def touch(self, accesses: Mapping[str, float]) -> None:
+        """Blobs read elsewhere (another replica), and when: last accesses move forward, never back; read counts
+        stay this cache's own. Digests the inventory does not hold are ignored."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?",
+                [(last, digest) for digest, last in accesses.items()],
+            )
+
     def forget(self, digests: Iterable[str]) -> None:
         with self._write() as db:
             db.executemany("DELETE FROM blobs WHERE digest = ?", [(digest,) for digest in digests])
@@ -361,14 +390,26 @@ class Inventory:
 
     def pinned_digests(self) -> set[str]:
         """Every digest a pin keeps: the pinned manifest (a tag's current one), its children, configs and layers."""
+        return self._closure("SELECT registry, repository, reference FROM pins", ())
+
+    def closure(self, references: Iterable[TagKey]) -> set[str]:
+        """What pins of these (registry, repository, tag or digest) would keep, whether pinned here or not."""
+        wanted = list(references)
+        if not wanted:
+            return set()
+        values = ", ".join("(?, ?, ?)" for _ in wanted)
+        return self._closure(f"VALUES {values}", [part for key in wanted for part in key])
+
+    def _closure(self, wanted: str, parameters: Iterable[str]) -> set[str]:
         rows = self._db.execute(
-            "WITH RECURSIVE roots (digest) AS ("
-            "  SELECT i.digest FROM pins AS p JOIN images AS i ON i.registry = p.registry "
+            f"WITH RECURSIVE wanted (registry, repository, reference) AS ({wanted}), roots (digest) AS ("
+            "  SELECT i.digest FROM wanted AS p JOIN images AS i ON i.registry = p.registry "
             "    AND i.repository = p.repository AND i.tag = p.reference "
-            "  UNION SELECT reference FROM pins WHERE instr(reference, ':') > 0"  # tags cannot hold a ':'
+            "  UNION SELECT reference FROM wanted WHERE instr(reference, ':') > 0"  # tags cannot hold a ':'
             "), closure (digest) AS ("
             "  SELECT digest FROM roots "
             "  UNION SELECT r.digest FROM manifest_refs AS r JOIN closure AS c ON r.manifest = c.digest"
-            ") SELECT digest FROM closure"
+            ") SELECT digest FROM closure",
+            tuple(parameters),
         )
         return {digest for (digest,) in rows}

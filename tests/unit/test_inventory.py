@@ -155,6 +155,36 @@ def test_pins_expand_through_indexes_to_layers(inventory: Inventory) -> None:
     assert d("layer") not in inventory.pinned_digests()
 
 
+def test_the_closure_of_references_nobody_pinned_here(inventory: Inventory) -> None:
+    amd = image(d("cfg"), (d("layer"), 10))
+    top = index((amd, "amd64"))
+    inventory.record(
+        Changes(
+            manifests=[
+                ("docker.io", "library/app", str(Digest.of(top)), OCI_INDEX, top, 1.0),
+                ("docker.io", "library/app", str(Digest.of(amd)), OCI_MANIFEST, amd, 1.0),
+            ],
+            tags={("docker.io", "library/app", "1"): (str(Digest.of(top)), OCI_INDEX, 1.0)},
+        )
+    )
+    everything = {str(Digest.of(top)), str(Digest.of(amd)), d("cfg"), d("layer")}
+    assert inventory.closure([("docker.io", "library/app", "1")]) == everything
+    assert inventory.closure([("docker.io", "library/app", str(Digest.of(amd)))]) == everything - {str(Digest.of(top))}
+    # A tag this inventory has never seen keeps nothing here; a digest keeps at least itself.
+    assert inventory.closure([("docker.io", "library/app", "2")]) == set()
+    assert inventory.closure([("docker.io", "library/x", d("unknown"))]) == {d("unknown")}
+    assert inventory.closure([]) == set() and inventory.pinned_digests() == set()
+
+
+def test_accesses_from_elsewhere_only_move_last_access_forward(inventory: Inventory) -> None:
+    inventory.record(Changes(added={d("a"): (100, 1.0), d("b"): (200, 2.0)}, accessed={d("a"): (1, 5.0)}))
+    inventory.touch({d("a"): 3.0, d("b"): 9.0, d("unknown"): 7.0})
+    a, b = inventory.blob(d("a")), inventory.blob(d("b"))
+    assert a is not None and (a.last_access, a.access_count) == (5.0, 1)
+    assert b is not None and (b.last_access, b.access_count) == (9.0, 0)
+    assert inventory.blob(d("unknown")) is None and inventory.total() == (300, 2)
+
+
 def test_unreferenced_blobs(inventory: Inventory) -> None:
     manifest = image(d("cfg"), (d("layer"), 10))
     inventory.record(
