@@ -38,9 +38,10 @@ from proxy.endpoints.tags import list_tags
 from proxy.endpoints.token import issue_token
 from proxy.errors import RegistryError
 from proxy.lifecycle.budget import Budget
-from proxy.lifecycle.prefetch import PREFETCH_LOCK, Prefetcher, targets
+from proxy.lifecycle.prefetch import Prefetcher, targets
 from proxy.lifecycle.pulls import UncountedPulls
 from proxy.lifecycle.service import Lifecycle
+from proxy.lifecycle.shared import LocalState, SharedLifecycle
 from proxy.middleware import ApiVersionHeaderMiddleware, RequestLimitsMiddleware
 from proxy.observability.access_log import AccessLog
 from proxy.observability.cache_usage import report_cache_usage
@@ -99,6 +100,7 @@ def create_app(
             blobs: FilesystemBlobStore | S3BlobStore
             index: FilesystemIndex | S3RepositoryIndex
             locks: FilesystemFetchLocks | S3FetchLocks
+            shared_state: SharedLifecycle
             if settings.storage.s3 is not None:
                 # Blobs, the repository index and fetch locks in the bucket, which every replica shares; root keeps
                 # the fills' scratch files and the inventory (for now). One client, one connection pool, for all.
@@ -108,10 +110,12 @@ def create_app(
                 index = S3RepositoryIndex(bucket)
                 locks = S3FetchLocks(bucket)
                 await _sweep_locks(locks)
+                shared_state = LocalState(root)
             else:
                 blobs = FilesystemBlobStore(root)
                 index = FilesystemIndex(root)
                 locks = FilesystemFetchLocks(root)
+                shared_state = LocalState(root)
             # With several worker processes on this cache (or replicas on the bucket), another may be filling now.
             shared = settings.server.workers != 1 or settings.storage.s3 is not None
             try:
@@ -129,7 +133,7 @@ def create_app(
                 origins.append(Origin(upstream.registry, remote, upstream.tag_ttl, upstream.negative_ttl))
             # The inventory, the budget and pins: every read, fill and manifest goes through its ledger.
             budget = Budget.of(settings.storage)
-            lifecycle = Lifecycle(root, blobs, index, budget, on_evicted=metrics.evicted)
+            lifecycle = Lifecycle(root, blobs, index, budget, on_evicted=metrics.evicted, shared=shared_state)
             await lifecycle.start()
             stack.push_async_callback(lifecycle.stop)
             usage = asyncio.create_task(
@@ -164,8 +168,9 @@ def create_app(
                 tokens=client_auth.tokens if client_auth else None,
             )
             # [[prefetch]] in the background, through these services; also with no entries, to drop stale pins.
+            election = shared_state.prefetch_election()
             prefetcher = Prefetcher(
-                prefetch_targets, router, services.manifests, services.blobs, lifecycle, pulls, root / PREFETCH_LOCK
+                prefetch_targets, router, services.manifests, services.blobs, lifecycle, pulls, election
             )
             prefetcher.start()
             stack.push_async_callback(prefetcher.stop)

@@ -1,4 +1,7 @@
-"""One process of several sharing a cache directory does a job: whichever holds an ``flock`` on a lock file."""
+"""One process of several sharing a cache directory does a job: whichever holds an ``flock`` on a lock file.
+
+An :class:`~proxy.lifecycle.shared.Election` (its methods are async for that, though a flock never waits).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class ProcessLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> bool:
+    async def acquire(self) -> bool:
         """Whether this process holds the lock now; never waits. OSError if the file cannot be opened."""
         if self._fd is not None:
             return True
@@ -42,7 +45,7 @@ class ProcessLock:
         self._fd = fd
         return True
 
-    def release(self) -> None:
+    async def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the only descriptor of the description releases the lock

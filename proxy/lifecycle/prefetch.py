@@ -11,9 +11,14 @@ through the tag's current digest, so when the tag moves the new content is pinne
 at the moment the move is recorded, with no pin/unpin pair that a crash could leave half done. Pins belong to the
 configuration: at start-up, pins no entry asks for any more are removed.
 
-Several worker processes: only the one holding ``<root>/prefetch.lock`` prefetches; the others try again every
-minute, so the job moves on if that worker dies. Failures (upstream down, tag missing) are logged at WARNING with
-the image's name and retried with a backoff, never raised.
+Several worker processes (or replicas on a bucket): only the one that won the election (an :class:`Election`:
+``<root>/prefetch.lock``, or a lease in the bucket) prefetches; the others try again every minute, so the job moves
+on if that process dies. One that finds it lost the election (another replica took its lease over, thinking it
+dead) stops and stands again. A pinned entry is pinned again after each check with every digest its walk went
+through, so that replicas without this inventory keep exactly what was cached.
+
+Failures (upstream down, tag missing) are logged at WARNING with the image's name and retried with a backoff,
+never raised.
 """
 
 from __future__ import annotations
@@ -21,16 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol
 
 from proxy.config import PrefetchSettings
 from proxy.errors import RegistryError
-from proxy.lifecycle.leader import ProcessLock
 from proxy.lifecycle.pulls import UncountedPulls
-from proxy.lifecycle.walk import ImageWalker, WalkFailed
+from proxy.lifecycle.shared import PREFETCH_LOCK, Election
+from proxy.lifecycle.walk import ImageWalker, Walked, WalkFailed
 from proxy.media_types import Accept
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.manifests import Manifest, ManifestService
@@ -45,7 +49,6 @@ __all__ = ["PREFETCH_LOCK", "Pins", "PrefetchTarget", "Prefetcher", "targets"]
 
 log = logging.getLogger(__name__)
 
-PREFETCH_LOCK = "prefetch.lock"
 # A worker without the lock asks for it again this often.
 LOCK_RETRY = 60.0
 # After a failure: the first retry, doubled each time up to the cap (and never later than the entry's refresh).
@@ -75,7 +78,9 @@ def targets(entries: Sequence[PrefetchSettings]) -> list[PrefetchTarget]:
 
 
 class Pins(Protocol):
-    async def pin(self, registry: str, repository: str, reference: str) -> None: ...
+    async def pin(self, registry: str, repository: str, reference: str, content: Collection[Digest] = ()) -> None:
+        """``content``: digests the caller knows the pin keeps (a walk's), besides what the inventory says."""
+        ...
 
     async def unpin(self, registry: str, repository: str, reference: str) -> bool: ...
 
@@ -97,7 +102,7 @@ class Prefetcher:
         blobs: BlobService,
         pins: Pins,
         pulls: UncountedPulls,
-        lock: Path,
+        election: Election,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -107,7 +112,7 @@ class Prefetcher:
         self._walker = ImageWalker(manifests, blobs)
         self._pins = pins
         self._pulls = pulls
-        self._lock = ProcessLock(lock)
+        self._election = election
         self._clock = clock
         self._states = [_State() for _ in self._entries]
         self._task: asyncio.Task[None] | None = None
@@ -120,40 +125,55 @@ class Prefetcher:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        self._lock.release()
+        try:
+            await self._election.release()
+        except Exception as exc:
+            log.warning("prefetch: cannot give up the election: %s", exc)
 
     async def _run(self) -> None:
         # With nothing to warm, only pins left by entries since removed are to go, which any process may drop
-        # (idempotently) without a lock file in every cache.
-        if self._entries and not await self._elected():
+        # (idempotently) without being elected.
+        if not self._entries:
+            await self._reconcile_pins()
             return
+        due = {i: 0.0 for i in range(len(self._entries))}
+        while due:
+            if not await self._elected():
+                return
+            await self._reconcile_pins()
+            while due and self._election.held:
+                i = min(due, key=due.__getitem__)
+                wait = due[i] - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                delay = self._next_check(i, await self.check(i))
+                if delay is None:
+                    del due[i]
+                else:
+                    due[i] = self._clock() + delay
+            if due:
+                log.warning("prefetch: another process took the job over; standing again")
+
+    async def _reconcile_pins(self) -> None:
         try:
             await self.reconcile_pins()
         except Exception as exc:
             log.warning("prefetch: cannot bring the pins in line with the configuration: %s", exc)
-        due = {i: 0.0 for i in range(len(self._entries))}
-        while due:
-            i = min(due, key=due.__getitem__)
-            wait = due[i] - self._clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            delay = self._next_check(i, await self.check(i))
-            if delay is None:
-                del due[i]
-            else:
-                due[i] = self._clock() + delay
 
     async def _elected(self) -> bool:
-        """Wait until this process holds the prefetch lock; False if it cannot even open the lock file."""
+        """Wait until this process wins the prefetch election; False if it cannot even stand (a cache root whose
+        lock file cannot be opened)."""
         while True:
             try:
-                if self._lock.acquire():
+                if await self._election.acquire():
                     return True
             except OSError as exc:
                 # The cache root is unusable: pulls are relayed uncached, and there is nothing to warm.
-                log.warning("prefetch: disabled, cannot open %s: %s", self._lock, exc.strerror)
+                log.warning("prefetch: disabled, cannot open its lock file: %s", exc.strerror)
                 return False
+            except StorageError as exc:
+                log.warning("prefetch: cannot stand for the election (retrying in %.0f s): %s", LOCK_RETRY, exc)
             await asyncio.sleep(LOCK_RETRY)
 
     def _next_check(self, i: int, ok: bool) -> float | None:
@@ -195,12 +215,21 @@ class Prefetcher:
         if moved:
             log.info("prefetch: %s moved from %s to %s", entry.reference, state.digest, manifest.digest)
         state.digest, state.failures = manifest.digest, 0
+        if entry.pin:
+            await self._pin_walked(entry, walked)
         platforms = f" [{', '.join(walked.platforms)}]" if walked.platforms else ""
         level = logging.INFO if walked.fetched or moved else logging.DEBUG
         log.log(level, "prefetched %s%s: %s, %d blobs, %d fetched (%.1f MiB)%s", entry.reference, platforms,
                 manifest.digest, walked.blobs, walked.fetched, walked.fetched_bytes / 2**20,
                 "; pinned" if entry.pin else "")  # fmt: skip
         return True
+
+    async def _pin_walked(self, entry: PrefetchTarget, walked: Walked) -> None:
+        try:
+            await self._pins.pin(*entry.pin_key, content=walked.digests)
+        except Exception as exc:
+            # The pin set at election still holds; what it keeps is worked out again at the next check.
+            log.warning("prefetch: cannot record what the pin of %s keeps: %s", entry.reference, exc)
 
     async def _resolve(self, entry: PrefetchTarget) -> Manifest:
         origin, repository = self._where(entry)

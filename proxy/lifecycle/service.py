@@ -5,6 +5,13 @@ repository index that the inventory lacks, such as a cache from before the inven
 when woken, it writes the ledger's batch and, past the budget, evicts. Nothing here runs on the request path:
 requests only touch the :class:`~proxy.lifecycle.ledger.Ledger`, and a fill's ``reserve`` waits for a pass only
 while the cache is over its budget.
+
+Replicas on a bucket (:class:`~proxy.lifecycle.shared.SharedLifecycle` ``replicated``) each keep an inventory of
+their own, which only sees their own reads and writes. So every ``sync_interval`` each one publishes the blobs it
+read, takes in what the others published, renews the pins it published, and, every ``RESCAN_INTERVAL``,
+reconciles its inventory with the bucket's listing (blobs the others wrote or evicted, so that the budget is
+checked against the bucket's real size). The one replica whose turn it is to evict does all of that again first
+(the listing unless it is seconds old), and keeps every pin in the bucket.
 """
 
 from __future__ import annotations
@@ -12,19 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Protocol
 
 from proxy.lifecycle.budget import Budget
-from proxy.lifecycle.eviction import evict_lru, exclusive
+from proxy.lifecycle.eviction import evict_lru
 from proxy.lifecycle.ledger import Ledger
+from proxy.lifecycle.shared import LocalState, SharedLifecycle
 from proxy.lifecycle.thread import InventoryThread
 from proxy.upstream.client import MAX_MANIFEST_SIZE
 from storage.digest import Digest, InvalidDigest
 from storage.interfaces import BlobDeleter, BlobLister, ManifestRecord, StorageError, TagRecord
-from storage.inventory import Changes, Inventory, InventoryDamaged, NewerSchema, Pin, Reconciled
-from storage.paths import EVICT_LOCK, INVENTORY
+from storage.inventory import Changes, Inventory, InventoryDamaged, NewerSchema, Pin, PublishedPin, Reconciled
+from storage.paths import INVENTORY
 from storage.references import is_registry, is_repository, is_tag
 
 __all__ = ["Lifecycle", "LifecycleStore", "ScannableIndex", "import_index", "open_inventory", "reconcile_inventory"]
@@ -39,6 +47,15 @@ CHECK_INTERVAL = 30.0
 ROOM_TIMEOUT = 10.0
 # Stopping waits this long for the task to finish what it is doing before cancelling it.
 STOP_TIMEOUT = 5.0
+# Replicas: how often each publishes its reads, takes in the others' and the pins, and renews its own pins ...
+SYNC_INTERVAL = 30.0
+# ... how often each lists the bucket, and how old a listing may be for an eviction pass.
+RESCAN_INTERVAL = 120.0
+RESCAN_BEFORE_EVICTION = 5.0
+# A pin in the bucket counts this long unless renewed; its publisher renews it once half of that has passed.
+PIN_TTL = 3600.0
+
+PinKey = tuple[str, str, str]  # registry, repository, reference
 
 
 class LifecycleStore(BlobDeleter, BlobLister, Protocol):
@@ -67,10 +84,20 @@ class Lifecycle:
         clock: Callable[[], float] = time.time,
         flush_interval: float = FLUSH_INTERVAL,
         on_evicted: Callable[[int, int], None] | None = None,
+        shared: SharedLifecycle | None = None,
+        sync_interval: float = SYNC_INTERVAL,
     ) -> None:
-        """``on_evicted``: told the blobs and bytes each eviction pass removed (metrics)."""
+        """``on_evicted``: told the blobs and bytes each eviction pass removed (metrics). ``shared``: what the
+        processes using this cache agree on (by default, processes on this one directory)."""
         self._on_evicted = on_evicted or (lambda blobs, size: None)
         self._root = root
+        self._shared: SharedLifecycle = shared if shared is not None else LocalState(root)
+        self._sync_interval = sync_interval
+        self._unpublished: dict[str, float] = {}  # digest → last read here, not yet published
+        self._last_sync = float("-inf")
+        self._last_rescan = float("-inf")
+        self._pin_content: dict[PinKey, frozenset[str]] = {}  # what the prefetcher's walk said a pin keeps
+        self._published_pins: dict[PinKey, PublishedPin] = {}  # pins this process put in the bucket, to renew
         self._store = store
         self._index = index
         self._budget = budget
@@ -113,6 +140,10 @@ class Lifecycle:
                 await self._flush()
             except Exception as exc:
                 log.warning("could not write the last inventory changes: %s", exc)
+            try:
+                await self._publish_accesses()
+            except Exception as exc:
+                log.warning("could not publish the last blob reads to the other replicas: %s", exc)
         await self._thread.close()
         # Fills may still finish after this; their commits are found by the next start-up reconciliation.
         self.ledger.enabled = False
@@ -124,33 +155,80 @@ class Lifecycle:
         except RuntimeError:  # not open (unusable, or stopped)
             return None
 
-    # The pin mechanism (for prefetch): pinned images are never evicted. Without a usable inventory nothing is ever
-    # evicted, so pins have nothing to protect and are no-ops.
+    # The pin mechanism (for prefetch): pinned images are never evicted. Without a usable inventory this process
+    # never evicts, so its pins only matter to other replicas (which get the pin's content, if the caller knew it).
 
-    async def pin(self, registry: str, repository: str, reference: str) -> None:
+    async def pin(self, registry: str, repository: str, reference: str, content: Collection[Digest] = ()) -> None:
         """Keep ``reference`` (a tag: whatever it points to now; or a digest) and everything it refers to.
 
+        ``content``: the digests the caller knows it keeps (what the prefetcher just walked); replicas that keep
+        inventories of their own are given those as well as what this inventory knows, as one pin in the bucket.
         Raises ValueError for a name or reference that is not valid. Pinning what is not cached yet is fine: it is
         kept from the moment it is.
         """
         _check_reference(registry, repository, reference)
+        key = (registry, repository, reference)
         if self._task is not None:
             await self._thread.run(lambda inventory: inventory.pin(registry, repository, reference, self._clock()))
+        if self._shared.replicated:
+            if content:
+                self._pin_content[key] = frozenset(str(digest) for digest in content)
+            await self._publish_pin(key)
 
     async def unpin(self, registry: str, repository: str, reference: str) -> bool:
         """Whether there was such a pin."""
-        if self._task is None:
-            return False
-        return await self._thread.run(lambda inventory: inventory.unpin(registry, repository, reference))
+        key = (registry, repository, reference)
+        existed = False
+        if self._task is not None:
+            existed = await self._thread.run(lambda inventory: inventory.unpin(registry, repository, reference))
+        if self._shared.replicated:
+            self._pin_content.pop(key, None)
+            self._published_pins.pop(key, None)
+            existed = any(pin.key == key for pin in await self._shared.read_pins()) or existed
+            await self._shared.delete_pin(*key)
+        return existed
 
     async def pins(self) -> list[Pin]:
-        if self._task is None:
-            return []
-        return await self._thread.run(Inventory.pins)
+        """This inventory's pins; with replicas, also those in the bucket."""
+        pins = await self._thread.run(Inventory.pins) if self._task is not None else []
+        if self._shared.replicated:
+            known = {(pin.registry, pin.repository, pin.reference) for pin in pins}
+            for published in await self._shared.read_pins():
+                if published.key not in known:
+                    pins.append(Pin(*published.key, published.pinned_at))
+        return sorted(pins, key=lambda pin: (pin.registry, pin.repository, pin.reference))
+
+    async def _pin_digests(self, key: PinKey) -> frozenset[str]:
+        """What the pin keeps, as this process knows: the prefetcher's walk, and the inventory's expansion."""
+        digests = self._pin_content.get(key, frozenset())
+        if self._task is not None:
+            digests |= await self._thread.run(lambda inventory: inventory.closure([key]))
+        return digests
+
+    async def _publish_pin(self, key: PinKey, *, renew: bool = False) -> None:
+        digests = await self._pin_digests(key)
+        now = self._clock()
+        before = self._published_pins.get(key)
+        pin = PublishedPin(*key, digests, before.pinned_at if before else now, now + PIN_TTL)
+        if await self._shared.put_pin(pin, renew=renew):
+            self._published_pins[key] = pin
+        else:
+            # Another replica removed or rewrote it since (it won the prefetch election, with its configuration).
+            self._published_pins.pop(key, None)
+            log.info("no longer renewing the pin of %s/%s:%s: another replica changed it", *key)
+
+    async def _renew_pins(self) -> None:
+        """Publish again the pins whose content changed here (a tag moved) or that are half-way to expiring."""
+        for key, pin in list(self._published_pins.items()):
+            if await self._pin_digests(key) != pin.digests or self._clock() >= pin.expires - PIN_TTL / 2:
+                await self._publish_pin(key, renew=True)
 
     async def settle(self) -> None:
-        """Write what is pending and run a budget check now (for tests and tools; the task does this by itself)."""
+        """Write what is pending, exchange with the other replicas, and run a budget check now (for tests and tools;
+        the task does this by itself)."""
         await self._flush()
+        if self._shared.replicated:
+            await self._sync()
         await self._evict()
 
     # The background task
@@ -173,6 +251,8 @@ class Lifecycle:
                 break
             try:
                 added = await self._flush()
+                if self._shared.replicated and time.monotonic() - self._last_sync >= self._sync_interval:
+                    await self._sync_logged()
                 now = time.monotonic()
                 periodic = now - self._last_check >= CHECK_INTERVAL
                 if self._room_wanted or ((added or periodic) and self._over_budget()):
@@ -190,7 +270,10 @@ class Lifecycle:
             "%d manifests imported from the index",
             time.monotonic() - started, on_disk, reconciled.added, reconciled.dropped, reconciled.resized, imported,
         )  # fmt: skip
+        self._last_rescan = time.monotonic()
         await self._flush()
+        if self._shared.replicated:
+            await self._sync_logged()
         await self._evict()
 
     async def _flush(self) -> bool:
@@ -202,9 +285,60 @@ class Lifecycle:
             self.ledger.restore(changes)
             raise
         self.ledger.written(stored)
+        if self._shared.replicated:
+            _merge_accesses(self._unpublished, {digest: last for digest, (_, last) in changes.accessed.items()})
         if changes.added:
             self._starved = False
         return bool(changes.added)
+
+    async def _sync(self) -> None:
+        """Publish this replica's reads; take in the others' (after a listing, if the last is old); renew pins."""
+        self._last_sync = time.monotonic()
+        await self._publish_accesses()
+        await self._take_in(RESCAN_INTERVAL)
+        await self._renew_pins()
+
+    async def _sync_logged(self) -> None:
+        try:
+            await self._sync()
+        except StorageError as exc:
+            log.warning("cannot exchange cache lifecycle data with the other replicas (retrying): %s", exc)
+
+    async def _publish_accesses(self) -> None:
+        accesses, self._unpublished = self._unpublished, {}
+        if not accesses:
+            return
+        try:
+            await self._shared.publish_accesses(accesses)
+        except BaseException:
+            _merge_accesses(self._unpublished, accesses)  # published with the next ones
+            raise
+
+    async def _take_in(self, rescan_after: float) -> None:
+        """Reconcile with the blob listing if the last one is older than ``rescan_after`` seconds, then take in the
+        other replicas' reads (after the listing: a read of a blob only the listing brings must find its row)."""
+        if time.monotonic() - self._last_rescan >= rescan_after:
+            started = self._clock()
+            blobs = await self._store.list_blobs()
+            await self._thread.run(lambda inventory: inventory.reconcile(blobs, started))
+            self._last_rescan = time.monotonic()
+        accesses = await self._shared.read_accesses()
+        if accesses:
+            await self._thread.run(lambda inventory: inventory.touch(accesses))
+        self.ledger.written(await self._thread.run(lambda inventory: inventory.total()[0]))
+
+    async def _pinned(self) -> set[str]:
+        if not self._shared.replicated:
+            return await self._thread.run(Inventory.pinned_digests)
+        # The bucket's pins alone: this inventory's own are the prefetcher's, which published them (a replica that
+        # lost the election may hold pins the configuration dropped since). A tag pin also keeps what this
+        # inventory knows the tag points to, in case it learned of a move before the pin's publisher did.
+        pins = await self._shared.read_pins()
+        keys = [pin.key for pin in pins]
+        pinned = await self._thread.run(lambda inventory: inventory.closure(keys))
+        for pin in pins:
+            pinned |= pin.digests
+        return pinned
 
     def _over_budget(self) -> bool:
         return self._budget is not None and self.ledger.size() > self._budget.max_size
@@ -228,16 +362,22 @@ class Lifecycle:
         try:
             if self._budget is not None and self.ledger.size() > self._budget.max_size:
                 await self._evict_to(self._budget)
+        except StorageError as exc:
+            # No pass on a partial view of the other replicas (their pins above all): the next check tries again.
+            log.warning("no eviction pass: cannot reach what the replicas share: %s", exc)
         finally:
             self._passes_done += 1
             async with self._pass_done:
                 self._pass_done.notify_all()
 
     async def _evict_to(self, budget: Budget) -> None:
-        with exclusive(self._root / EVICT_LOCK) as mine:
+        async with self._shared.eviction_turn() as mine:
             if not mine:
                 return  # another process sharing this cache is evicting right now
-            pinned = await self._thread.run(Inventory.pinned_digests)
+            if self._shared.replicated:
+                # Blobs the others wrote and read: the pass sees the whole bucket, not what this replica did.
+                await self._take_in(RESCAN_BEFORE_EVICTION)
+            pinned = await self._pinned()
             # Fresh totals: other processes may have added (or evicted) since the last flush.
             self.ledger.written(await self._thread.run(lambda inventory: inventory.total()[0]))
             size = self.ledger.size()
@@ -314,6 +454,11 @@ async def import_index(
                 changes.tags[key] = (str(tag_record.digest), tag_record.media_type, tag_record.fetched_at)
     await thread.run(lambda inventory: inventory.record(changes))
     return len(changes.manifests)
+
+
+def _merge_accesses(into: dict[str, float], accesses: dict[str, float]) -> None:
+    for digest, last in accesses.items():
+        into[digest] = max(last, into.get(digest, last))
 
 
 def _record(inventory: Inventory, changes: Changes) -> int:

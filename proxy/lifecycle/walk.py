@@ -39,6 +39,7 @@ class Walked:
     fetched: int = 0  # of those, how many were not cached yet
     fetched_bytes: int = 0
     platforms: list[str] = field(default_factory=list)  # an index's platforms that were walked
+    digests: set[Digest] = field(default_factory=set)  # every manifest, config and layer walked: what a pin keeps
 
 
 class ImageWalker:
@@ -52,6 +53,7 @@ class ImageWalker:
         blobs: dict[Digest, int] = {}
         await self._manifest(origin, repository, manifest, platforms, blobs, walked, 0)
         walked.blobs = len(blobs)
+        walked.digests.update(blobs)
         slots = asyncio.Semaphore(self._jobs)
 
         async def one(digest: Digest) -> bool:
@@ -83,6 +85,7 @@ class ImageWalker:
         walked: Walked,
         depth: int,
     ) -> None:
+        walked.digests.add(manifest.digest)
         document = _document(manifest.body)
         entries = document.get("manifests")
         if isinstance(entries, list):

@@ -88,7 +88,7 @@ async def proxy(root: Path, fake: FakeRegistry, *entries: PrefetchSettings) -> A
     cache, pulls = AccountedBlobStore(store, lifecycle.ledger), UncountedPulls(lifecycle.ledger)
     manifests, blobs = ManifestService(cache, index, images=pulls), BlobService(cache, index)
     prefetcher = Prefetcher(targets(entries), Router([origin]), manifests, blobs, lifecycle, pulls,
-                            root / PREFETCH_LOCK)  # fmt: skip
+                            ProcessLock(root / PREFETCH_LOCK))  # fmt: skip
     try:
         yield Parts(root, lifecycle, prefetcher, manifests, origin)
     finally:
@@ -195,14 +195,14 @@ async def test_prefetches_are_not_counted_as_pulls(tmp_path: Path) -> None:
         assert isinstance(rows, list) and [(r.tag, r.pull_count) for r in rows] == [("1", 1)]
 
 
-def test_one_process_of_several_holds_the_prefetch_lock(tmp_path: Path) -> None:
+async def test_one_process_of_several_holds_the_prefetch_lock(tmp_path: Path) -> None:
     # Two opens are two open file descriptions, which flock tells apart as it does two worker processes.
     first, second = ProcessLock(tmp_path / PREFETCH_LOCK), ProcessLock(tmp_path / PREFETCH_LOCK)
-    assert first.acquire() and first.held
-    assert not second.acquire() and not second.held
-    first.release()
-    assert second.acquire()
-    second.release()
+    assert await first.acquire() and first.held
+    assert not await second.acquire() and not second.held
+    await first.release()
+    assert await second.acquire()
+    await second.release()
 
 
 def test_the_server_prefetches_after_start_up_without_any_pull(tmp_path: Path) -> None:
