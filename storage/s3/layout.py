@@ -25,6 +25,30 @@
       _referrers/<alg>/<hex>                the same for the referrers index of a subject manifest
       _layers/<alg>/<hex>                   empty: this repository is known to hold this blob; a blob is served
                                             under a repository only with this link
+    <prefix>lifecycle/access/<replica>      the blobs one server process (a replica; ``<replica>``: 16 random hex
+                                            characters chosen at start-up) read in the last hour: JSON
+                                            ``{"replica", "accesses": {digest: last read}}``, times in seconds
+                                            since the epoch on its clock. Rewritten whole at most every 30 s (and
+                                            at shutdown) when it read something, whatever the traffic; every
+                                            replica takes in the others' as often (the latest time of each
+                                            wins), so a reader that comes by less often than each rewrite still
+                                            sees every read of the hour. One not rewritten for an hour is deleted
+                                            (``If-Match`` on the version read) by the next reader: its replica
+                                            is gone or idle, and everyone has taken it in
+    <prefix>lifecycle/pins/<ref-hash>       a pin (``[[prefetch]] pin = true``): JSON ``{"registry",
+                                            "repository", "reference", "digests", "pinned_at", "expires",
+                                            "writer"}``, with every digest it keeps as the prefetching replica
+                                            worked them out (the others' inventories may not know the image);
+                                            ``<ref-hash>``: the first 32 hex characters of the SHA-256 of the
+                                            JSON list ``[registry, repository, reference]``. Renewed by its
+                                            writer an hour at a time, with ``If-Match`` on the version it wrote
+                                            (one another replica removed or rewrote is theirs: ``writer``, a
+                                            replica id, makes their version's ETag differ); past ``expires`` it
+                                            counts no more, and its next reader deletes it
+    <prefix>lifecycle/evict.lease           a lease as above (heartbeat 5 s), held by the one replica evicting
+                                            for the length of its pass
+    <prefix>lifecycle/prefetch.lease        the same, held by the one replica that prefetches for as long as it
+                                            runs; taken over once its holder stops renewing it
 
 The repository index is the disk's (:mod:`storage.paths`) under ``<prefix>``, key for path, and its entries hold
 the same JSON: every key is built from a path that :mod:`storage.paths` built, which validated each name in it
@@ -39,8 +63,10 @@ Multipart uploads in flight are under the blob's own key (invisible until comple
 are found with ListMultipartUploads and aborted by ``sweep``. Partial copies a fill keeps for the clients of
 its own process (who read it while it grows) are local files: ``<root>/s3-scratch/<alg>-<hex>.<random>.partial``.
 
-``<prefix>`` is ``[storage] prefix``: empty, or a path ending in ``/``. The lifecycle inventory (sizes, last
-accesses, pins) is not in the bucket yet: each replica keeps its own under ``<root>`` (:mod:`storage.paths`).
+``<prefix>`` is ``[storage] prefix``: empty, or a path ending in ``/``. Each replica keeps its lifecycle inventory
+(sizes, last accesses, pins) under ``<root>`` (:mod:`storage.paths`) as its working copy: reconciled with the
+listing of ``blobs/`` (at start-up, every two minutes, and before an eviction pass), and with the access and pin
+objects above (:mod:`storage.s3.lifecycle`, :mod:`proxy.lifecycle.service`).
 """
 
 from __future__ import annotations

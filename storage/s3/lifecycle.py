@@ -1,0 +1,275 @@
+"""What replicas on one bucket share of the cache's lifecycle: recent reads, pins, whose turn it is to evict, and
+who prefetches (the keys and their bodies: :mod:`storage.s3.layout`).
+
+Each replica keeps its inventory locally, as its working copy; this is what it cannot see there. Reads are
+published as one object per replica holding its reads of the last ``window`` seconds, rewritten at most once per
+call (the lifecycle calls every half minute), so the writes are bounded whatever the traffic, and a reader that
+comes by less often than each publication still sees every read of the window. Times are the replicas' own clocks
+(seconds since the epoch): a few seconds of skew does not change which blobs are least recently used.
+
+Pins hold the digests they keep, as the replica that pinned worked them out, because the others' inventories
+may not know the image. A pin expires unless renewed; a renewal is conditional on the version its writer wrote
+last, so a replica whose pin was since removed or rewritten by another (which won the prefetch election from it)
+stops renewing it rather than bringing it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from storage.digest import Digest, InvalidDigest
+from storage.inventory import PublishedPin
+from storage.s3.leases import Lease, read_lease
+from storage.s3.objects import ObjectClient, ObjectInfo, PreconditionFailed, S3Settings
+
+__all__ = ["ACCESS_WINDOW", "BucketElection", "BucketLifecycle", "access_key", "pin_key", "take_lease"]
+
+log = logging.getLogger(__name__)
+
+LIFECYCLE = "lifecycle/"
+ACCESS = LIFECYCLE + "access/"
+PINS = LIFECYCLE + "pins/"
+EVICT_LEASE = LIFECYCLE + "evict.lease"
+PREFETCH_LEASE = LIFECYCLE + "prefetch.lease"
+
+# Reads older than this are dropped from a replica's object; an object not rewritten for this long is deleted.
+ACCESS_WINDOW = 3600.0
+# The eviction and prefetch leases are renewed this often; one not renewed for 3 beats is taken over.
+HEARTBEAT = 5.0
+# The lifecycle's requests are few and small: a pool of their own, apart from the blobs' streams.
+_CONNECTIONS = 8
+
+
+def access_key(prefix: str, replica: str) -> str:
+    if not replica or not all(c in "0123456789abcdef" for c in replica):
+        raise ValueError(f"invalid replica id {replica[:40]!r}")
+    return f"{prefix}{ACCESS}{replica}"
+
+
+def pin_key(prefix: str, registry: str, repository: str, reference: str) -> str:
+    # Any reference gives a short, safe name; JSON keeps the three parts apart.
+    name = hashlib.sha256(json.dumps([registry, repository, reference]).encode()).hexdigest()[:32]
+    return f"{prefix}{PINS}{name}"
+
+
+class BucketLifecycle:
+    """A :class:`proxy.lifecycle.shared.SharedLifecycle` in the bucket, for one server process (one replica id)."""
+
+    replicated = True
+
+    def __init__(
+        self,
+        client: ObjectClient,
+        *,
+        replica: str | None = None,
+        heartbeat: float = HEARTBEAT,
+        window: float = ACCESS_WINDOW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = client.settings.prefix
+        self.replica = replica or secrets.token_hex(8)
+        self._own_key = access_key(self._prefix, self.replica)
+        self._heartbeat = heartbeat
+        self._window = window
+        self._clock = clock
+        self._reads: dict[str, float] = {}  # what this replica published last: its reads within the window
+        self._pin_etags: dict[str, str] = {}  # pin key → the version this process wrote last
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, settings: S3Settings, **options: Any) -> AsyncIterator[BucketLifecycle]:
+        async with ObjectClient(settings, max_connections=_CONNECTIONS) as client:
+            await client.ensure_bucket()
+            yield cls(client, **options)
+
+    # Reads
+
+    async def publish_accesses(self, accesses: Mapping[str, float]) -> None:
+        reads = dict(self._reads)
+        for digest, last in accesses.items():
+            reads[digest] = max(last, reads.get(digest, last))
+        cutoff = self._clock() - self._window
+        reads = {digest: last for digest, last in reads.items() if last >= cutoff}
+        body = {"replica": self.replica, "accesses": {digest: round(last, 3) for digest, last in reads.items()}}
+        await self._client.put(self._own_key, json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
+        self._reads = reads
+
+    async def read_accesses(self) -> dict[str, float]:
+        keys = [key async for key, _, _ in self._client.list_objects(self._prefix + ACCESS) if key != self._own_key]
+        merged: dict[str, float] = {}
+        for key in keys:
+            found = await self._client.get(key)
+            if found is None:
+                continue  # deleted since the listing
+            data, info = found
+            for digest, last in _reads(data).items():
+                merged[digest] = max(last, merged.get(digest, last))
+            age = _age(info)
+            if age is not None and age > self._window:
+                # Not rewritten for a whole window: its replica is gone, or read nothing since; every replica still
+                # running has taken it in long ago. Only this version: one written meanwhile stays.
+                try:
+                    await self._client.delete(key, if_match=info.etag)
+                except PreconditionFailed:
+                    pass
+        return merged
+
+    # Pins
+
+    async def put_pin(self, pin: PublishedPin, *, renew: bool = False) -> bool:
+        key = pin_key(self._prefix, *pin.key)
+        body = {
+            "registry": pin.registry,
+            "repository": pin.repository,
+            "reference": pin.reference,
+            "digests": sorted(pin.digests),
+            "pinned_at": pin.pinned_at,
+            "expires": pin.expires,
+            # ETags are digests of the content: the writer's id makes another replica's version of a pin differ.
+            "writer": self.replica,
+        }
+        data = json.dumps(body, separators=(",", ":")).encode()
+        written = self._pin_etags.get(key)
+        if renew and written is None:
+            return False
+        try:
+            self._pin_etags[key] = await self._client.put(key, data, if_match=written if renew else None)
+        except PreconditionFailed:
+            # Removed or rewritten by another replica since: theirs to keep (or not), not ours to bring back.
+            self._pin_etags.pop(key, None)
+            return False
+        return True
+
+    async def delete_pin(self, registry: str, repository: str, reference: str) -> None:
+        key = pin_key(self._prefix, registry, repository, reference)
+        self._pin_etags.pop(key, None)
+        await self._client.delete(key)
+
+    async def read_pins(self) -> list[PublishedPin]:
+        keys = [key async for key, _, _ in self._client.list_objects(self._prefix + PINS)]
+        pins: list[PublishedPin] = []
+        now = self._clock()
+        for key in keys:
+            found = await self._client.get(key)
+            if found is None:
+                continue
+            data, info = found
+            pin = _pin(data)
+            if pin is None or pin_key(self._prefix, *pin.key) != key:
+                log.warning("ignoring %s: not a pin this proxy wrote", key)
+                continue
+            if pin.expires >= now:
+                pins.append(pin)
+                continue
+            try:
+                await self._client.delete(key, if_match=info.etag)  # nobody renewed it; unless renewed just now
+            except PreconditionFailed:
+                pass
+        return pins
+
+    # Turns
+
+    @asynccontextmanager
+    async def eviction_turn(self) -> AsyncIterator[bool]:
+        lease = await take_lease(self._client, self._prefix + EVICT_LEASE, self._heartbeat)
+        if lease is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            await lease.release()
+
+    def prefetch_election(self) -> BucketElection:
+        return BucketElection(self._client, self._prefix + PREFETCH_LEASE, self._heartbeat)
+
+
+class BucketElection:
+    """An :class:`proxy.lifecycle.shared.Election` by a lease in the bucket, held (and renewed) until released."""
+
+    def __init__(self, client: ObjectClient, key: str, heartbeat: float) -> None:
+        self._client = client
+        self._key = key
+        self._heartbeat = heartbeat
+        self._lease: Lease | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._lease is not None and not self._lease.lost
+
+    async def acquire(self) -> bool:
+        if not self.held:
+            self._lease = await take_lease(self._client, self._key, self._heartbeat)
+        return self.held
+
+    async def release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.release()
+
+
+async def take_lease(client: ObjectClient, key: str, heartbeat: float) -> Lease | None:
+    """The lease at ``key`` (renewed every ``heartbeat`` until released) if nobody holds it, or if its holder
+    stopped renewing it; else None."""
+    lease = Lease(client, key, heartbeat)
+    if await lease.create():
+        return lease
+    view = await read_lease(client, key)
+    if view is None:  # released between our create and our read
+        return lease if await lease.create() else None
+    if view.is_stale(heartbeat) and await lease.take_over(view.etag):
+        log.info("took over %s from a replica that stopped renewing it %.0f s ago", key, view.age or 0.0)
+        return lease
+    return None
+
+
+def _age(info: ObjectInfo) -> float | None:
+    """Seconds since the object was written, on the server's clock alone."""
+    return (info.server_now - info.modified).total_seconds() if info.server_now else None
+
+
+def _reads(data: bytes) -> dict[str, float]:
+    """The reads in an access object; entries that are not a digest and a time are skipped (a damaged object)."""
+    try:
+        accesses = json.loads(data).get("accesses")
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(accesses, dict):
+        return {}
+    reads: dict[str, float] = {}
+    for digest, last in accesses.items():
+        if isinstance(last, int | float) and not isinstance(last, bool) and math.isfinite(last) and _digest(digest):
+            reads[digest] = float(last)
+    return reads
+
+
+def _pin(data: bytes) -> PublishedPin | None:
+    try:
+        body = json.loads(data)
+        registry, repository, reference = body["registry"], body["repository"], body["reference"]
+        digests, pinned_at, expires = body["digests"], float(body["pinned_at"]), float(body["expires"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not all(isinstance(part, str) for part in (registry, repository, reference)) or not isinstance(digests, list):
+        return None
+    kept = frozenset(digest for digest in digests if _digest(digest))
+    return PublishedPin(registry, repository, reference, kept, pinned_at, expires)
+
+
+def _digest(text: object) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        Digest.parse(text)
+    except InvalidDigest:
+        return False
+    return True
