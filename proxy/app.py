@@ -73,6 +73,7 @@ from storage.index import FilesystemIndex
 from storage.interfaces import StorageError
 from storage.locks import FilesystemFetchLocks
 from storage.s3 import ObjectClient, S3BlobStore, S3FetchLocks, S3RepositoryIndex, S3Settings
+from storage.s3.lifecycle import BucketLifecycle
 
 __all__ = ["create_app", "upstream_registry"]
 
@@ -103,14 +104,15 @@ def create_app(
             shared_state: SharedLifecycle
             if settings.storage.s3 is not None:
                 # Blobs, the repository index and fetch locks in the bucket, which every replica shares; root keeps
-                # the fills' scratch files and the inventory (for now). One client, one connection pool, for all.
+                # the fills' scratch files and the inventory, this replica's working copy of the reads and pins in
+                # the bucket. One client, one connection pool, for all.
                 bucket = await stack.enter_async_context(ObjectClient(_s3_settings(settings.storage.s3)))
                 await bucket.ensure_bucket()
                 blobs = S3BlobStore(bucket, root)
                 index = S3RepositoryIndex(bucket)
                 locks = S3FetchLocks(bucket)
                 await _sweep_locks(locks)
-                shared_state = LocalState(root)
+                shared_state = BucketLifecycle(bucket)
             else:
                 blobs = FilesystemBlobStore(root)
                 index = FilesystemIndex(root)
