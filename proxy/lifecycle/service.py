@@ -86,6 +86,7 @@ class Lifecycle:
         on_evicted: Callable[[int, int], None] | None = None,
         shared: SharedLifecycle | None = None,
         sync_interval: float = SYNC_INTERVAL,
+        rescan_interval: float = RESCAN_INTERVAL,
     ) -> None:
         """``on_evicted``: told the blobs and bytes each eviction pass removed (metrics). ``shared``: what the
         processes using this cache agree on (by default, processes on this one directory)."""
@@ -93,6 +94,7 @@ class Lifecycle:
         self._root = root
         self._shared: SharedLifecycle = shared if shared is not None else LocalState(root)
         self._sync_interval = sync_interval
+        self._rescan_interval = rescan_interval
         self._unpublished: dict[str, float] = {}  # digest → last read here, not yet published
         self._last_sync = float("-inf")
         self._last_rescan = float("-inf")
@@ -295,7 +297,7 @@ class Lifecycle:
         """Publish this replica's reads; take in the others' (after a listing, if the last is old); renew pins."""
         self._last_sync = time.monotonic()
         await self._publish_accesses()
-        await self._take_in(RESCAN_INTERVAL)
+        await self._take_in(self._rescan_interval)
         await self._renew_pins()
 
     async def _sync_logged(self) -> None:
