@@ -99,7 +99,8 @@ class Lifecycle:
         self._last_sync = float("-inf")
         self._last_rescan = float("-inf")
         self._pin_content: dict[PinKey, frozenset[str]] = {}  # what the prefetcher's walk said a pin keeps
-        self._published_pins: dict[PinKey, PublishedPin] = {}  # pins this process put in the bucket, to renew
+        # Pins this process keeps in the bucket, as last published (None: not yet, the bucket could not be reached).
+        self._published_pins: dict[PinKey, PublishedPin | None] = {}
         self._store = store
         self._index = index
         self._budget = budget
@@ -175,6 +176,7 @@ class Lifecycle:
         if self._shared.replicated:
             if content:
                 self._pin_content[key] = frozenset(str(digest) for digest in content)
+            self._published_pins.setdefault(key, None)  # if this write fails, the next sync's is the first
             await self._publish_pin(key)
 
     async def unpin(self, registry: str, repository: str, reference: str) -> bool:
@@ -208,6 +210,8 @@ class Lifecycle:
         return digests
 
     async def _publish_pin(self, key: PinKey, *, renew: bool = False) -> None:
+        """``renew``: only over the version this process wrote last. Without, over whatever is there: a pin call
+        comes from the prefetcher, which holds the election now."""
         digests = await self._pin_digests(key)
         now = self._clock()
         before = self._published_pins.get(key)
@@ -220,9 +224,12 @@ class Lifecycle:
             log.info("no longer renewing the pin of %s/%s:%s: another replica changed it", *key)
 
     async def _renew_pins(self) -> None:
-        """Publish again the pins whose content changed here (a tag moved) or that are half-way to expiring."""
+        """Publish the pins not published yet, and again those whose content changed here (a tag moved) or that
+        are half-way to expiring."""
         for key, pin in list(self._published_pins.items()):
-            if await self._pin_digests(key) != pin.digests or self._clock() >= pin.expires - PIN_TTL / 2:
+            if pin is None:
+                await self._publish_pin(key)  # its pin call could not reach the bucket
+            elif await self._pin_digests(key) != pin.digests or self._clock() >= pin.expires - PIN_TTL / 2:
                 await self._publish_pin(key, renew=True)
 
     async def settle(self) -> None:

@@ -3,10 +3,11 @@ failures that are warnings, one process of several, and prefetches that are not 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from proxy.lifecycle.leader import ProcessLock
 from proxy.lifecycle.prefetch import PREFETCH_LOCK, Prefetcher, targets
 from proxy.lifecycle.pulls import UncountedPulls
 from proxy.lifecycle.service import Lifecycle
+from proxy.lifecycle.shared import Election
 from proxy.media_types import Accept
 from proxy.pullthrough.blobs import BlobService
 from proxy.pullthrough.manifests import ManifestService
@@ -29,7 +31,7 @@ from storage.accounting import AccountedBlobStore
 from storage.blobs import FilesystemBlobStore
 from storage.digest import Digest
 from storage.index import FilesystemIndex
-from storage.inventory import Inventory
+from storage.inventory import Inventory, Pin
 from storage.paths import INVENTORY, blob_path
 from tests.unit.fakes import FAKE_REDIRECT_HOSTS, FAKE_TOKEN_REALMS, OCI_INDEX, OCI_MANIFEST, REGISTRY, FakeRegistry
 
@@ -60,6 +62,26 @@ def push_image(fake: FakeRegistry, repository: str, tag: str | None, name: str, 
     return fake.add_manifest(repository, tag, OCI_MANIFEST, manifest), layer
 
 
+class RecordingPins:
+    """The lifecycle's pins, recording what each pin call said the pin keeps; ``on_pin`` runs at each call."""
+
+    def __init__(self, inner: Lifecycle) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, set[str]]] = []
+        self.on_pin: Callable[[], None] = lambda: None
+
+    async def pin(self, registry: str, repository: str, reference: str, content: Collection[Digest] = ()) -> None:
+        self.calls.append((f"{registry}/{repository}:{reference}", {str(digest) for digest in content}))
+        self.on_pin()
+        await self.inner.pin(registry, repository, reference, content)
+
+    async def unpin(self, registry: str, repository: str, reference: str) -> bool:
+        return await self.inner.unpin(registry, repository, reference)
+
+    async def pins(self) -> list[Pin]:
+        return await self.inner.pins()
+
+
 @dataclass
 class Parts:
     root: Path
@@ -67,6 +89,7 @@ class Parts:
     prefetcher: Prefetcher
     manifests: ManifestService
     origin: Origin
+    pins: RecordingPins
 
     async def inventory(self, read: Callable[[Inventory], object]) -> object:
         await self.lifecycle.settle()
@@ -78,7 +101,9 @@ class Parts:
 
 
 @asynccontextmanager
-async def proxy(root: Path, fake: FakeRegistry, *entries: PrefetchSettings) -> AsyncIterator[Parts]:
+async def proxy(
+    root: Path, fake: FakeRegistry, *entries: PrefetchSettings, election: Election | None = None
+) -> AsyncIterator[Parts]:
     """The services as proxy.app wires them, and a prefetcher over them that the test drives by hand."""
     store, index = FilesystemBlobStore(root), FilesystemIndex(root)
     lifecycle = Lifecycle(root, store, index, None, flush_interval=0.05)
@@ -87,10 +112,11 @@ async def proxy(root: Path, fake: FakeRegistry, *entries: PrefetchSettings) -> A
     origin = Origin("docker.io", remote, UPSTREAM.tag_ttl)
     cache, pulls = AccountedBlobStore(store, lifecycle.ledger), UncountedPulls(lifecycle.ledger)
     manifests, blobs = ManifestService(cache, index, images=pulls), BlobService(cache, index)
-    prefetcher = Prefetcher(targets(entries), Router([origin]), manifests, blobs, lifecycle, pulls,
-                            ProcessLock(root / PREFETCH_LOCK))  # fmt: skip
+    pins = RecordingPins(lifecycle)
+    prefetcher = Prefetcher(targets(entries), Router([origin]), manifests, blobs, pins, pulls,
+                            election or ProcessLock(root / PREFETCH_LOCK))  # fmt: skip
     try:
-        yield Parts(root, lifecycle, prefetcher, manifests, origin)
+        yield Parts(root, lifecycle, prefetcher, manifests, origin, pins)
     finally:
         await prefetcher.stop()
         await lifecycle.stop()
@@ -135,6 +161,55 @@ async def test_a_moved_tag_is_fetched_and_the_pin_follows_it(tmp_path: Path) -> 
         assert cached(tmp_path, new_layer)
         pinned = await parts.inventory(Inventory.pinned_digests)
         assert isinstance(pinned, set) and {new, new_layer} <= pinned and not {old, old_layer} & pinned
+
+
+async def test_a_pinned_check_pins_every_digest_its_walk_went_through(tmp_path: Path) -> None:
+    # Replicas whose inventories do not know the image keep what the walk says, not what their inventory says.
+    fake = FakeRegistry()
+    digest, layer = push_image(fake, "library/app", "1", "app")
+    async with proxy(tmp_path, fake, PrefetchSettings("app:1", pin=True), PrefetchSettings("other:1")) as parts:
+        push_image(fake, "library/other", "1", "other")
+        assert await parts.prefetcher.check(0) and await parts.prefetcher.check(1)
+        [(reference, content)] = parts.pins.calls  # the entry without pin = true pins nothing
+        assert reference == "docker.io/library/app:1"
+        assert {digest, layer} < content and len(content) == 3  # and the config
+
+
+class LosableElection:
+    def __init__(self) -> None:
+        self.won = 0
+        self.held = False
+
+    async def acquire(self) -> bool:
+        self.won += 1
+        self.held = True
+        return True
+
+    async def release(self) -> None:
+        self.held = False
+
+
+async def test_a_process_that_lost_the_election_stops_and_stands_again(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    push_image(fake, "library/app", "1", "app")
+    election = LosableElection()
+    async with proxy(tmp_path, fake, PrefetchSettings("app:1", pin=True), election=election) as parts:
+
+        def lose() -> None:
+            if len(parts.pins.calls) == 2:  # the check's pin, after the election's
+                election.held = False  # as when another replica took the lease over during a slow check
+
+        parts.pins.on_pin = lose
+        parts.prefetcher.start()
+        deadline = time.monotonic() + 20
+        for _ in range(400):
+            if election.won >= 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert election.won == 2 and election.held
+        # One check, then nothing until its refresh: the new term only brought the pins in line again.
+        assert fake.count("GET", "/manifests/1") == 1
+        assert [reference for reference, _ in parts.pins.calls] == ["docker.io/library/app:1"] * 3
 
 
 async def test_only_the_configured_platforms_of_an_index(tmp_path: Path) -> None:
