@@ -112,7 +112,7 @@ def create_app(
                 index = S3RepositoryIndex(bucket)
                 locks = S3FetchLocks(bucket)
                 await _sweep_locks(locks)
-                shared_state = BucketLifecycle(bucket)
+                shared_state = BucketLifecycle.for_root(bucket, root)
             else:
                 blobs = FilesystemBlobStore(root)
                 index = FilesystemIndex(root)

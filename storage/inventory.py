@@ -255,6 +255,11 @@ class Inventory:
         ).fetchall()
         return [BlobRow(*row) for row in rows]
 
+    def accessed_since(self, since: float) -> dict[str, float]:
+        """Digest → last access of every blob used (read, written, or read elsewhere) at ``since`` or later."""
+        rows = self._db.execute("SELECT digest, last_access FROM blobs WHERE last_access >= ?", (since,))
+        return {digest: last for digest, last in rows}
+
     def touch(self, accesses: Mapping[str, float]) -> None:
         """Blobs read elsewhere (another replica), and when: last accesses move forward, never back; read counts
         stay this cache's own. Digests the inventory does not hold are ignored."""

@@ -7,11 +7,12 @@ requests only touch the :class:`~proxy.lifecycle.ledger.Ledger`, and a fill's ``
 while the cache is over its budget.
 
 Replicas on a bucket (:class:`~proxy.lifecycle.shared.SharedLifecycle` ``replicated``) each keep an inventory of
-their own, which only sees their own reads and writes. So every ``sync_interval`` each one publishes the blobs it
-read, takes in what the others published, renews the pins it published, and, every ``RESCAN_INTERVAL``,
-reconciles its inventory with the bucket's listing (blobs the others wrote or evicted, so that the budget is
-checked against the bucket's real size). The one replica whose turn it is to evict does all of that again first
-(the listing unless it is seconds old), and keeps every pin in the bucket.
+their own, which only sees their own reads and writes. So every ``sync_interval`` one process of each replica
+(whichever holds ``SYNC_LOCK`` under the root) publishes the blobs used lately as its inventory has them, takes
+in what the other replicas published, and, every ``rescan_interval``, reconciles the inventory with the bucket's
+listing (blobs the others wrote or evicted, so that the budget is checked against the bucket's real size). The
+process whose turn it is to evict does the same first (the listing unless it is seconds old), and keeps every pin
+in the bucket. Pins are published by the process that pins (the prefetcher's), which also renews them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Protocol
 
 from proxy.lifecycle.budget import Budget
 from proxy.lifecycle.eviction import evict_lru
+from proxy.lifecycle.leader import ProcessLock
 from proxy.lifecycle.ledger import Ledger
-from proxy.lifecycle.shared import LocalState, SharedLifecycle
+from proxy.lifecycle.shared import SYNC_LOCK, LocalState, SharedLifecycle
 from proxy.lifecycle.thread import InventoryThread
 from proxy.upstream.client import MAX_MANIFEST_SIZE
 from storage.digest import Digest, InvalidDigest
@@ -95,7 +97,8 @@ class Lifecycle:
         self._shared: SharedLifecycle = shared if shared is not None else LocalState(root)
         self._sync_interval = sync_interval
         self._rescan_interval = rescan_interval
-        self._unpublished: dict[str, float] = {}  # digest → last read here, not yet published
+        self._sync_lock = ProcessLock(root / SYNC_LOCK)
+        self._published_reads: dict[str, float] | None = None  # as last published, to write only what changed
         self._last_sync = float("-inf")
         self._last_rescan = float("-inf")
         self._pin_content: dict[PinKey, frozenset[str]] = {}  # what the prefetcher's walk said a pin keeps
@@ -143,11 +146,13 @@ class Lifecycle:
                 await self._flush()
             except Exception as exc:
                 log.warning("could not write the last inventory changes: %s", exc)
-            try:
-                await self._publish_accesses()
-            except Exception as exc:
-                log.warning("could not publish the last blob reads to the other replicas: %s", exc)
+            if self._sync_lock.held:
+                try:
+                    await self._publish_accesses()
+                except Exception as exc:
+                    log.warning("could not publish the last blob reads to the other replicas: %s", exc)
         await self._thread.close()
+        await self._sync_lock.release()
         # Fills may still finish after this; their commits are found by the next start-up reconciliation.
         self.ledger.enabled = False
 
@@ -294,8 +299,6 @@ class Lifecycle:
             self.ledger.restore(changes)
             raise
         self.ledger.written(stored)
-        if self._shared.replicated:
-            _merge_accesses(self._unpublished, {digest: last for digest, (_, last) in changes.accessed.items()})
         if changes.added:
             self._starved = False
         return bool(changes.added)
@@ -303,25 +306,24 @@ class Lifecycle:
     async def _sync(self) -> None:
         """Publish this replica's reads; take in the others' (after a listing, if the last is old); renew pins."""
         self._last_sync = time.monotonic()
-        await self._publish_accesses()
-        await self._take_in(self._rescan_interval)
+        # The inventory is the replica's, shared by its processes: one of them does the exchange for all.
+        if await self._sync_lock.acquire():
+            await self._publish_accesses()
+            await self._take_in(self._rescan_interval)
         await self._renew_pins()
 
     async def _sync_logged(self) -> None:
         try:
             await self._sync()
-        except StorageError as exc:
+        except (StorageError, OSError) as exc:
             log.warning("cannot exchange cache lifecycle data with the other replicas (retrying): %s", exc)
 
     async def _publish_accesses(self) -> None:
-        accesses, self._unpublished = self._unpublished, {}
-        if not accesses:
-            return
-        try:
-            await self._shared.publish_accesses(accesses)
-        except BaseException:
-            _merge_accesses(self._unpublished, accesses)  # published with the next ones
-            raise
+        since = self._clock() - self._shared.access_window
+        reads = await self._thread.run(lambda inventory: inventory.accessed_since(since))
+        if reads != self._published_reads:  # at most one write per sync, none while nothing is used
+            await self._shared.publish_accesses(reads)
+            self._published_reads = reads
 
     async def _take_in(self, rescan_after: float) -> None:
         """Reconcile with the blob listing if the last one is older than ``rescan_after`` seconds, then take in the
@@ -463,11 +465,6 @@ async def import_index(
                 changes.tags[key] = (str(tag_record.digest), tag_record.media_type, tag_record.fetched_at)
     await thread.run(lambda inventory: inventory.record(changes))
     return len(changes.manifests)
-
-
-def _merge_accesses(into: dict[str, float], accesses: dict[str, float]) -> None:
-    for digest, last in accesses.items():
-        into[digest] = max(last, into.get(digest, last))
 
 
 def _record(inventory: Inventory, changes: Changes) -> int:

@@ -2,9 +2,10 @@
 prefetches, what was read lately elsewhere, and what is pinned.
 
 On a disk every process uses the one SQLite inventory, so :class:`LocalState` needs only two ``flock``-ed files
-and has nothing to exchange. Replicas on a bucket each keep an inventory of their own (their working copy); the
-bucket's implementation (``storage.s3.lifecycle``) carries the rest in small objects, and the lifecycle then
-also reconciles its inventory with the bucket's listing, whose blobs other replicas write and evict.
+and has nothing to exchange. Replicas on a bucket each keep an inventory of their own (their working copy, shared
+by the worker processes of the replica); the bucket's implementation (``storage.s3.lifecycle``) carries the rest
+in small objects, and the lifecycle then also reconciles its inventory with the bucket's listing, whose blobs
+other replicas write and evict. One process of each replica does that exchange: the one holding ``SYNC_LOCK``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from proxy.lifecycle.leader import ProcessLock
 from storage.inventory import PublishedPin
 from storage.paths import EVICT_LOCK
 
-__all__ = ["PREFETCH_LOCK", "Election", "LocalState", "SharedLifecycle"]
+__all__ = ["PREFETCH_LOCK", "SYNC_LOCK", "Election", "LocalState", "SharedLifecycle"]
 
+# Under the cache root: held (flock) by the one process prefetching, by the one exchanging with other replicas.
 PREFETCH_LOCK = "prefetch.lock"
+SYNC_LOCK = "lifecycle.sync.lock"
 
 
 class Election(Protocol):
@@ -46,8 +49,14 @@ class SharedLifecycle(Protocol):
         takes in the accesses and pins below."""
         ...
 
+    @property
+    def access_window(self) -> float:
+        """Seconds of reads that :meth:`publish_accesses` is given."""
+        ...
+
     async def publish_accesses(self, accesses: Mapping[str, float]) -> None:
-        """Blobs this process read since the last call, and when (its last read of each)."""
+        """Every blob used in the last ``access_window`` seconds as this replica knows (its own reads and writes,
+        and the others' it took in), and when last: replaces what it published before."""
         ...
 
     async def read_accesses(self) -> dict[str, float]:
@@ -76,6 +85,7 @@ class LocalState:
     """Processes on one cache directory: the SQLite inventory is already shared, so there is nothing to exchange."""
 
     replicated = False
+    access_window = 0.0
 
     def __init__(self, root: Path) -> None:
         self._root = root

@@ -25,16 +25,19 @@
       _referrers/<alg>/<hex>                the same for the referrers index of a subject manifest
       _layers/<alg>/<hex>                   empty: this repository is known to hold this blob; a blob is served
                                             under a repository only with this link
-    <prefix>lifecycle/access/<replica>      the blobs one server process (a replica; ``<replica>``: 16 random hex
-                                            characters chosen at start-up) read in the last hour: JSON
-                                            ``{"replica", "accesses": {digest: last read}}``, times in seconds
-                                            since the epoch on its clock. Rewritten whole at most every 30 s (and
-                                            at shutdown) when it read something, whatever the traffic; every
-                                            replica takes in the others' as often (the latest time of each
-                                            wins), so a reader that comes by less often than each rewrite still
-                                            sees every read of the hour. One not rewritten for an hour is deleted
-                                            (``If-Match`` on the version read) by the next reader: its replica
-                                            is gone or idle, and everyone has taken it in
+    <prefix>lifecycle/access/<replica>      the blobs used in the last hour as one replica's inventory has them
+                                            (its reads and writes, and the others' reads it took in): JSON
+                                            ``{"replica", "accesses": {digest: last use}}``, times in seconds
+                                            since the epoch on its clock. ``<replica>``: 16 random hex characters
+                                            made once per cache root (``<root>/replica-id``), shared by the
+                                            replica's worker processes, of which one (holding ``<root>/
+                                            lifecycle.sync.lock``) rewrites it whole at most every 30 s when it
+                                            changed, and at shutdown: one object per replica, whatever the
+                                            traffic. That process also takes in the others' as often (the latest
+                                            time of each wins), so a reader that comes by less often than each
+                                            rewrite still sees every read of the hour. One not rewritten for an
+                                            hour is deleted (``If-Match`` on the version read) by the next reader:
+                                            its replica is gone or idle, and everyone has taken it in
     <prefix>lifecycle/pins/<ref-hash>       a pin (``[[prefetch]] pin = true``): JSON ``{"registry",
                                             "repository", "reference", "digests", "pinned_at", "expires",
                                             "writer"}``, with every digest it keeps as the prefetching replica

@@ -2,10 +2,12 @@
 who prefetches (the keys and their bodies: :mod:`storage.s3.layout`).
 
 Each replica keeps its inventory locally, as its working copy; this is what it cannot see there. Reads are
-published as one object per replica holding its reads of the last ``window`` seconds, rewritten at most once per
-call (the lifecycle calls every half minute), so the writes are bounded whatever the traffic, and a reader that
-comes by less often than each publication still sees every read of the window. Times are the replicas' own clocks
-(seconds since the epoch): a few seconds of skew does not change which blobs are least recently used.
+published as one object per replica (per cache root: its id is kept in ``<root>/replica-id``, so a restart
+rewrites its own object rather than leaving one behind) holding every blob used in the last ``window`` seconds
+as its inventory has them, the others' reads it took in included. The lifecycle publishes at most once a half
+minute, so the writes are bounded whatever the traffic, and a reader that comes by less often than each
+publication still sees every read of the window. Times are the replicas' own clocks (seconds since the epoch): a
+few seconds of skew does not change which blobs are least recently used.
 
 Pins hold the digests they keep, as the replica that pinned worked them out, because the others' inventories
 may not know the image. A pin expires unless renewed; a renewal is conditional on the version its writer wrote
@@ -19,10 +21,12 @@ import hashlib
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from storage.digest import Digest, InvalidDigest
@@ -30,7 +34,15 @@ from storage.inventory import PublishedPin
 from storage.s3.leases import Lease, read_lease
 from storage.s3.objects import ObjectClient, ObjectInfo, PreconditionFailed, S3Settings
 
-__all__ = ["ACCESS_WINDOW", "BucketElection", "BucketLifecycle", "access_key", "pin_key", "take_lease"]
+__all__ = [
+    "ACCESS_WINDOW",
+    "BucketElection",
+    "BucketLifecycle",
+    "access_key",
+    "pin_key",
+    "replica_id",
+    "take_lease",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,7 @@ ACCESS = LIFECYCLE + "access/"
 PINS = LIFECYCLE + "pins/"
 EVICT_LEASE = LIFECYCLE + "evict.lease"
 PREFETCH_LEASE = LIFECYCLE + "prefetch.lease"
+REPLICA_ID = "replica-id"  # under the cache root
 
 # Reads older than this are dropped from a replica's object; an object not rewritten for this long is deleted.
 ACCESS_WINDOW = 3600.0
@@ -49,9 +62,38 @@ _CONNECTIONS = 8
 
 
 def access_key(prefix: str, replica: str) -> str:
-    if not replica or not all(c in "0123456789abcdef" for c in replica):
+    if not _is_replica_id(replica):
         raise ValueError(f"invalid replica id {replica[:40]!r}")
     return f"{prefix}{ACCESS}{replica}"
+
+
+def replica_id(root: Path) -> str:
+    """The id of the replica using ``root``: made once (by whichever of its processes comes first), then read.
+
+    OSError if the root cannot be written.
+    """
+    path = root / REPLICA_ID
+    for _ in range(3):
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            pass
+        except (UnicodeDecodeError, ValueError):
+            path.unlink(missing_ok=True)  # damaged: made anew
+        else:
+            if _is_replica_id(text):
+                return text
+            path.unlink(missing_ok=True)
+        # Written aside, then linked into place: of processes starting together one wins, the others read its id.
+        aside = root / f"{REPLICA_ID}.{secrets.token_hex(8)}.partial"
+        aside.write_text(secrets.token_hex(8) + "\n", encoding="ascii")
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
+    raise OSError(f"cannot make {path}")
 
 
 def pin_key(prefix: str, registry: str, repository: str, reference: str) -> str:
@@ -61,47 +103,57 @@ def pin_key(prefix: str, registry: str, repository: str, reference: str) -> str:
 
 
 class BucketLifecycle:
-    """A :class:`proxy.lifecycle.shared.SharedLifecycle` in the bucket, for one server process (one replica id)."""
+    """A :class:`proxy.lifecycle.shared.SharedLifecycle` in the bucket, for one replica (its processes share the
+    replica id, and the inventory)."""
 
     replicated = True
 
     def __init__(
         self,
         client: ObjectClient,
+        replica: str,
         *,
-        replica: str | None = None,
         heartbeat: float = HEARTBEAT,
         window: float = ACCESS_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._prefix = client.settings.prefix
-        self.replica = replica or secrets.token_hex(8)
-        self._own_key = access_key(self._prefix, self.replica)
+        self.replica = replica
+        self._own_key = access_key(self._prefix, replica)
         self._heartbeat = heartbeat
-        self._window = window
+        self.access_window = window
         self._clock = clock
-        self._reads: dict[str, float] = {}  # what this replica published last: its reads within the window
-        self._pin_etags: dict[str, str] = {}  # pin key → the version this process wrote last
+        # Pin key → the version this process wrote last: renewals are made by the process that wrote.
+        self._pin_etags: dict[str, str] = {}
+
+    @classmethod
+    def for_root(cls, client: ObjectClient, root: Path, **options: Any) -> BucketLifecycle:
+        """The lifecycle state in ``client``'s bucket for the replica using ``root`` (its id is kept there)."""
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            replica = replica_id(root)
+        except OSError as exc:
+            # The root is unusable (the proxy then serves uncached): an id for this process alone will do.
+            replica = secrets.token_hex(8)
+            log.warning("cannot keep the replica id under %s (%s); using %s for this process", root, exc, replica)
+        return cls(client, replica, **options)
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, settings: S3Settings, **options: Any) -> AsyncIterator[BucketLifecycle]:
+    async def connect(cls, settings: S3Settings, root: Path, **options: Any) -> AsyncIterator[BucketLifecycle]:
+        """:meth:`for_root` on a client of its own, for ``settings``' bucket (created if missing)."""
         async with ObjectClient(settings, max_connections=_CONNECTIONS) as client:
             await client.ensure_bucket()
-            yield cls(client, **options)
+            yield cls.for_root(client, root, **options)
 
     # Reads
 
     async def publish_accesses(self, accesses: Mapping[str, float]) -> None:
-        reads = dict(self._reads)
-        for digest, last in accesses.items():
-            reads[digest] = max(last, reads.get(digest, last))
-        cutoff = self._clock() - self._window
-        reads = {digest: last for digest, last in reads.items() if last >= cutoff}
-        body = {"replica": self.replica, "accesses": {digest: round(last, 3) for digest, last in reads.items()}}
+        cutoff = self._clock() - self.access_window
+        reads = {digest: round(last, 3) for digest, last in accesses.items() if last >= cutoff}
+        body = {"replica": self.replica, "accesses": reads}
         await self._client.put(self._own_key, json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
-        self._reads = reads
 
     async def read_accesses(self) -> dict[str, float]:
         keys = [key async for key, _, _ in self._client.list_objects(self._prefix + ACCESS) if key != self._own_key]
@@ -114,7 +166,7 @@ class BucketLifecycle:
             for digest, last in _reads(data).items():
                 merged[digest] = max(last, merged.get(digest, last))
             age = _age(info)
-            if age is not None and age > self._window:
+            if age is not None and age > self.access_window:
                 # Not rewritten for a whole window: its replica is gone, or read nothing since; every replica still
                 # running has taken it in long ago. Only this version: one written meanwhile stays.
                 try:
@@ -263,6 +315,10 @@ def _pin(data: bytes) -> PublishedPin | None:
         return None
     kept = frozenset(digest for digest in digests if _digest(digest))
     return PublishedPin(registry, repository, reference, kept, pinned_at, expires)
+
+
+def _is_replica_id(text: str) -> bool:
+    return 0 < len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _digest(text: object) -> bool:

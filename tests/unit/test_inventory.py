@@ -183,6 +183,8 @@ def test_accesses_from_elsewhere_only_move_last_access_forward(inventory: Invent
     assert a is not None and (a.last_access, a.access_count) == (5.0, 1)
     assert b is not None and (b.last_access, b.access_count) == (9.0, 0)
     assert inventory.blob(d("unknown")) is None and inventory.total() == (300, 2)
+    assert inventory.accessed_since(5.0) == {d("a"): 5.0, d("b"): 9.0}
+    assert inventory.accessed_since(6.0) == {d("b"): 9.0}
 
 
 def test_unreferenced_blobs(inventory: Inventory) -> None:

@@ -77,10 +77,10 @@ async def objects(settings: S3Settings) -> AsyncIterator[ObjectClient]:
 async def replica(settings: S3Settings, root: Path, budget: Budget | None) -> AsyncIterator[Replica]:
     """One replica's blob store and lifecycle as proxy.app wires them; it exchanges with the bucket when a test
     calls ``settle()`` (and lists the bucket each time), not on its own."""
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(S3BlobStore.connect(settings, root, heartbeat=HEARTBEAT))
-        shared = await stack.enter_async_context(BucketLifecycle.connect(settings, heartbeat=HEARTBEAT))
+        shared = await stack.enter_async_context(BucketLifecycle.connect(settings, root, heartbeat=HEARTBEAT))
         lifecycle = Lifecycle(
             root,
             store,
@@ -211,11 +211,13 @@ async def test_one_replica_evicts_at_a_time(settings: S3Settings, objects: Objec
         assert await keys(objects, EVICT_LEASE) == []  # each turn gives its lease back
 
 
-async def test_a_turn_left_by_a_replica_that_died_is_taken_over(settings: S3Settings, objects: ObjectClient) -> None:
+async def test_a_turn_left_by_a_replica_that_died_is_taken_over(
+    settings: S3Settings, objects: ObjectClient, tmp_path: Path
+) -> None:
     # What a replica killed in its eviction pass leaves: a lease that nobody renews any more.
     key = settings.prefix + EVICT_LEASE
     await objects.put(key, json.dumps({"holder": "gone", "beat": 1, "started": False, "size": None}).encode())
-    async with BucketLifecycle.connect(settings, heartbeat=HEARTBEAT) as shared:
+    async with BucketLifecycle.connect(settings, tmp_path, heartbeat=HEARTBEAT) as shared:
         async with shared.eviction_turn() as mine:
             assert not mine  # fresh: its holder may be busy evicting
         deadline = time.monotonic() + 20
@@ -227,36 +229,47 @@ async def test_a_turn_left_by_a_replica_that_died_is_taken_over(settings: S3Sett
         assert mine
 
 
-async def test_one_access_object_per_replica_whatever_the_traffic(
+async def test_one_access_object_per_replica_whatever_the_traffic_and_processes(
     settings: S3Settings, objects: ObjectClient, tmp_path: Path
 ) -> None:
-    async with replica(settings, tmp_path / "a", None) as a, replica(settings, tmp_path / "b", None) as b:
+    # Replica A runs two worker processes on its root (which share its inventory), B one.
+    async with (
+        replica(settings, tmp_path / "a", None) as a,
+        replica(settings, tmp_path / "a", None) as a_worker,
+        replica(settings, tmp_path / "b", None) as b,
+    ):
+        assert a.shared.replica == a_worker.shared.replica != b.shared.replica
         stored = [blob(f"read-{n}") for n in range(6)]
         await put(a, *stored)
         for round_ in range(5):
-            for reader in (a, b):
+            for reader in (a, a_worker, b):
                 for digest, _ in stored[round_ : round_ + 2]:
                     assert await reader.store.get(digest, SIZE) is not None
                 await reader.lifecycle.settle()
-        names = [a.shared.replica, b.shared.replica]
-        assert await keys(objects, ACCESS) == sorted(settings.prefix + ACCESS + name for name in names)
-        # Each holds its replica's reads of the window, not only the last round's; neither holds the other's.
-        assert len(await b.shared.read_accesses()) == 6
-        found = await objects.get(settings.prefix + ACCESS + b.shared.replica)
-        assert found is not None and len(json.loads(found[0])["accesses"]) == 6
+        only_by_the_worker, data = blob("read by one worker")
+        await put(b, (only_by_the_worker, data))
+        await a.lifecycle.settle()  # A lists it
+        before = time.time()
+        assert await a_worker.store.get(only_by_the_worker, SIZE) == data
+        await a_worker.lifecycle.settle()  # into A's inventory; A's other process exchanges for both
+        await a.lifecycle.settle()
+        assert await keys(objects, ACCESS) == sorted(
+            settings.prefix + ACCESS + name for name in (a.shared.replica, b.shared.replica)
+        )
+        assert (await b.shared.read_accesses())[str(only_by_the_worker)] >= before
 
 
-async def test_reads_leave_the_window_and_idle_objects_are_removed(settings: S3Settings, objects: ObjectClient) -> None:
-    now = [1_000_000.0]
+async def test_reads_leave_the_window_and_idle_objects_are_removed(
+    settings: S3Settings, objects: ObjectClient, tmp_path: Path
+) -> None:
+    now = 1_000_000.0
     async with (
-        BucketLifecycle.connect(settings, clock=lambda: now[0]) as gone,
-        BucketLifecycle.connect(settings, window=1.0) as reader,
+        BucketLifecycle.connect(settings, tmp_path / "gone", clock=lambda: now) as gone,
+        BucketLifecycle.connect(settings, tmp_path / "reader", window=1.0) as reader,
     ):
         old, new = str(blob("old")[0]), str(blob("new")[0])
-        await gone.publish_accesses({old: now[0]})
-        now[0] += 3601.0
-        await gone.publish_accesses({new: now[0]})
-        assert await reader.read_accesses() == {new: now[0]}  # the old read left the hour's window
+        await gone.publish_accesses({old: now - 3601, new: now - 5})
+        assert await reader.read_accesses() == {new: now - 5}  # the old read had left the hour's window
         # Its replica stopped: once its object is older than the reader's window, the reader removes it.
         deadline = time.monotonic() + 20
         for _ in range(100):
@@ -268,9 +281,12 @@ async def test_reads_leave_the_window_and_idle_objects_are_removed(settings: S3S
 
 
 async def test_pins_expire_and_a_renewal_never_revives_another_replicas_change(
-    settings: S3Settings, objects: ObjectClient
+    settings: S3Settings, objects: ObjectClient, tmp_path: Path
 ) -> None:
-    async with BucketLifecycle.connect(settings) as a, BucketLifecycle.connect(settings) as b:
+    async with (
+        BucketLifecycle.connect(settings, tmp_path / "a") as a,
+        BucketLifecycle.connect(settings, tmp_path / "b") as b,
+    ):
         now = time.time()
         pin = PublishedPin("docker.io", "library/app", "1", frozenset({str(blob("x")[0])}), now, now + 3600)
         assert await a.put_pin(pin) and await a.put_pin(pin, renew=True)
@@ -288,11 +304,11 @@ async def test_pins_expire_and_a_renewal_never_revives_another_replicas_change(
 
 
 async def test_one_replica_prefetches_and_learns_when_it_lost_the_job(
-    settings: S3Settings, objects: ObjectClient
+    settings: S3Settings, objects: ObjectClient, tmp_path: Path
 ) -> None:
     async with (
-        BucketLifecycle.connect(settings, heartbeat=HEARTBEAT) as a,
-        BucketLifecycle.connect(settings, heartbeat=HEARTBEAT) as b,
+        BucketLifecycle.connect(settings, tmp_path / "a", heartbeat=HEARTBEAT) as a,
+        BucketLifecycle.connect(settings, tmp_path / "b", heartbeat=HEARTBEAT) as b,
     ):
         first, second = a.prefetch_election(), b.prefetch_election()
         assert await first.acquire() and first.held
