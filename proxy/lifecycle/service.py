@@ -242,7 +242,7 @@ class Lifecycle:
         the task does this by itself)."""
         await self._flush()
         if self._shared.replicated:
-            await self._sync()
+            await self._sync_logged()
         await self._evict()
 
     # The background task
