@@ -49,7 +49,7 @@ CHECK_INTERVAL = 30.0
 ROOM_TIMEOUT = 10.0
 # Stopping waits this long for the task to finish what it is doing before cancelling it.
 STOP_TIMEOUT = 5.0
-# Replicas: how often each publishes its reads, takes in the others' and the pins, and renews its own pins ...
+# Replicas: how often each publishes its reads, takes in the others', and renews the pins it published ...
 SYNC_INTERVAL = 30.0
 # ... how often each lists the bucket, and how old a listing may be for an eviction pass.
 RESCAN_INTERVAL = 120.0
@@ -321,7 +321,7 @@ class Lifecycle:
     async def _publish_accesses(self) -> None:
         since = self._clock() - self._shared.access_window
         reads = await self._thread.run(lambda inventory: inventory.accessed_since(since))
-        if reads != self._published_reads:  # at most one write per sync, none while nothing is used
+        if reads != self._published_reads:  # at most one write per sync, none while nothing changes
             await self._shared.publish_accesses(reads)
             self._published_reads = reads
 
