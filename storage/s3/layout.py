@@ -45,9 +45,10 @@
                                             ``<ref-hash>``: the first 32 hex characters of the SHA-256 of the
                                             JSON list ``[registry, repository, reference]``. Renewed by its
                                             writer an hour at a time, with ``If-Match`` on the version it wrote
-                                            (one another replica removed or rewrote is theirs: ``writer``, a
-                                            replica id, makes their version's ETag differ); past ``expires`` it
-                                            counts no more, and its next reader deletes it
+                                            (one another replica removed or rewrote is theirs: ``writer``, the
+                                            replica id and a random token of the writing process, makes their
+                                            version's ETag differ); past ``expires`` it counts no more, and its
+                                            next reader deletes it
     <prefix>lifecycle/evict.lease           a lease as above (heartbeat 5 s), held by the one replica evicting
                                             for the length of its pass
     <prefix>lifecycle/prefetch.lease        the same, held by the one replica that prefetches for as long as it

@@ -126,6 +126,7 @@ class BucketLifecycle:
         self._clock = clock
         # Pin key → the version this process wrote last: renewals are made by the process that wrote.
         self._pin_etags: dict[str, str] = {}
+        self._writer = f"{replica}.{secrets.token_hex(4)}"  # this process, in the pins it writes
 
     @classmethod
     def for_root(cls, client: ObjectClient, root: Path, **options: Any) -> BucketLifecycle:
@@ -186,8 +187,8 @@ class BucketLifecycle:
             "digests": sorted(pin.digests),
             "pinned_at": pin.pinned_at,
             "expires": pin.expires,
-            # ETags are digests of the content: the writer's id makes another replica's version of a pin differ.
-            "writer": self.replica,
+            # ETags are digests of the content: naming the writer makes another process's version of a pin differ.
+            "writer": self._writer,
         }
         data = json.dumps(body, separators=(",", ":")).encode()
         written = self._pin_etags.get(key)
