@@ -31,7 +31,7 @@ from typing import Any
 
 from storage.digest import Digest, InvalidDigest
 from storage.inventory import PublishedPin
-from storage.s3.leases import Lease, read_lease
+from storage.s3.leases import Lease, take
 from storage.s3.objects import ObjectClient, ObjectInfo, PreconditionFailed, S3Settings
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "access_key",
     "pin_key",
     "replica_id",
-    "take_lease",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,7 +232,7 @@ class BucketLifecycle:
 
     @asynccontextmanager
     async def eviction_turn(self) -> AsyncIterator[bool]:
-        lease = await take_lease(self._client, self._prefix + EVICT_LEASE, self._heartbeat)
+        lease = await take(self._client, self._prefix + EVICT_LEASE, self._heartbeat, what="eviction turn")
         if lease is None:
             yield False
             return
@@ -261,28 +260,13 @@ class BucketElection:
 
     async def acquire(self) -> bool:
         if not self.held:
-            self._lease = await take_lease(self._client, self._key, self._heartbeat)
+            self._lease = await take(self._client, self._key, self._heartbeat, what="prefetch lease")
         return self.held
 
     async def release(self) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:
             await lease.release()
-
-
-async def take_lease(client: ObjectClient, key: str, heartbeat: float) -> Lease | None:
-    """The lease at ``key`` (renewed every ``heartbeat`` until released) if nobody holds it, or if its holder
-    stopped renewing it; else None."""
-    lease = Lease(client, key, heartbeat)
-    if await lease.create():
-        return lease
-    view = await read_lease(client, key)
-    if view is None:  # released between our create and our read
-        return lease if await lease.create() else None
-    if view.is_stale(heartbeat) and await lease.take_over(view.etag):
-        log.info("took over %s from a replica that stopped renewing it %.0f s ago", key, view.age or 0.0)
-        return lease
-    return None
 
 
 def _age(info: ObjectInfo) -> float | None:
