@@ -122,11 +122,14 @@ class Lease:
 
     async def release(self) -> None:
         """Stop beating and delete the lease, unless it is someone else's by now."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        # The lock first: a renewal cancelled while its write is in flight may still be applied by the server, and
+        # the delete's If-Match would then miss the version it wrote, leaving the lease until it goes stale. Holding
+        # the lock, the renewal task is asleep or waiting for it, never inside a write.
         async with self._lock:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+                self._task = None
             if self._etag is None or self.lost:
                 return
             try:
