@@ -43,6 +43,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.storage.s3 is not None:
+        # It walks and deletes files under root: on a bucket shared by replicas that would be wrong, not just
+        # useless (the replicas evict under the budget there, one at a time).
+        print('registry-proxy gc: not for [storage] backend = "s3" (the replicas keep the bucket in budget)',
+              file=sys.stderr)  # fmt: skip
+        return 2
     root = settings.storage.root
     if not root.is_dir():
         print(f"registry-proxy gc: no cache at {root}", file=sys.stderr)

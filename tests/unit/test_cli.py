@@ -185,3 +185,21 @@ def test_unusable_tls_files_refuse_to_start(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(config))
     assert result.returncode == 2
     assert "server.tls_cert/server.tls_key" in one_line(result)
+
+
+@pytest.mark.parametrize("command", ["gc", "ls"])
+def test_gc_and_ls_refuse_the_s3_backend_in_one_line(command: str, tmp_path: Path) -> None:
+    # They work on files under root; on a bucket shared by replicas gc would delete the wrong things.
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\nroot = "{tmp_path / "cache"}"\nbackend = "s3"\nendpoint = "http://127.0.0.1:9"\n'
+        'bucket = "registry-cache"\naccess_key_file = "a"\nsecret_key_file = "s"\n'
+    )
+    (tmp_path / "a").write_text("access")
+    (tmp_path / "s").write_text("secret")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", command, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and 'backend = "s3"' in result.stderr
