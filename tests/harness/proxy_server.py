@@ -52,7 +52,8 @@ class ProxyServer:
 [server]
 host = "{LOOPBACK}"
 port = {self.port}
-{server_config if "workers" in server_config else "workers = 1"}
+{server_config}
+{"" if "workers" in server_config else "workers = 1"}
 
 [storage]
 root = "{self.cache_dir}"
