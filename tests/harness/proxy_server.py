@@ -109,7 +109,11 @@ read_timeout = "{read_timeout}"
             except httpx.TransportError:
                 return None
 
-        poll_until(ready, timeout=self.start_timeout, what=f"registry-proxy on {self.url}")
+        try:
+            poll_until(ready, timeout=self.start_timeout, what=f"registry-proxy on {self.url}")
+        except BaseException:
+            self.stop()  # a proxy that never became ready must not outlive the test that started it
+            raise
         return self
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage.paths import EVICT_LOCK, INVENTORY
+from storage.paths import EVICT_LOCK, INVENTORY, LOCKS
 from tests.harness.hostile import (
     PASSWD_MARKER,
     HostileRequest,
@@ -180,9 +180,10 @@ def test_no_file_outside_the_cache(proxy: ProxyServer, sent: Sent) -> None:
 
 
 def test_nothing_in_the_cache_but_blobs_and_repositories(proxy: ProxyServer, sent: Sent) -> None:
-    # Besides the inventory's database (its name fixed by storage.paths, never by a request).
+    # Besides the inventory's database and the fetch locks' directory (names fixed by storage.paths, never by a
+    # request: a lock file is named by a hash).
     inventory = {INVENTORY, f"{INVENTORY}-wal", f"{INVENTORY}-shm", EVICT_LOCK}
-    assert {p.name for p in proxy.cache_dir.iterdir()} <= {"blobs", "repositories", *inventory}
+    assert {p.name for p in proxy.cache_dir.iterdir()} <= {"blobs", "repositories", LOCKS, *inventory}
     root = os.path.realpath(proxy.cache_dir)
     for directory, dirs, files in os.walk(proxy.cache_dir):
         for name in dirs + files:
