@@ -16,6 +16,7 @@ from storage.interfaces import BlobReader, DigestMismatch, SizeMismatch, Storage
 from storage.leases import lock_file, unlink_unless_leased
 from storage.paths import BLOBS, PARTIAL_SUFFIX, blob_digest, blob_path, claim_name, partial_name
 from storage.whole import write_whole
+from storage.writeback import start_writeback
 
 __all__ = ["FilesystemBlobStore", "FilesystemBlobWriter", "scan_blobs"]
 
@@ -189,6 +190,10 @@ def _take_or_start(digest: Digest, final: Path, partial: Path, lock: ClaimLock) 
     return FilesystemBlobWriter(digest, final, partial, fd, lock, hasher, have)
 
 
+# Writeback is started in whole blocks of this many bytes (see start_writeback).
+_WRITEBACK_BLOCK = 1024 * 1024
+
+
 class FilesystemBlobWriter:
     """Writes to a partial file in the blob's own directory (see :mod:`storage.paths`), hashing as it goes.
 
@@ -253,6 +258,8 @@ class FilesystemBlobWriter:
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
+        # Whole blocks only: a block still being appended to would be written out twice.
+        start_writeback(self._fd, (self._written + len(data)) // _WRITEBACK_BLOCK * _WRITEBACK_BLOCK)
         self._hasher.update(data)
 
     def open_reader(self) -> BlobReader:
