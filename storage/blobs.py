@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiofiles.os
@@ -201,6 +202,9 @@ class FilesystemBlobWriter:
     ``hasher`` and ``written``: what the partial file already holds, when a fill takes over a dead one's.
     """
 
+    # Held by whoever hashes written bytes (see _write_and_hash); made by the first write.
+    _hash_turn: threading.Lock | None = None
+
     def __init__(
         self,
         digest: Digest,
@@ -238,29 +242,50 @@ class FilesystemBlobWriter:
     async def write(self, data: bytes) -> None:
         if self._closed:
             raise StorageError("write to a closed blob writer")
-        job = asyncio.get_running_loop().run_in_executor(None, self._write_and_hash, data)
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+
+        def report() -> None:
+            loop.call_soon_threadsafe(_settle, written, None)
+
+        if self._hash_turn is None:
+            self._hash_turn = threading.Lock()
+        job = loop.run_in_executor(None, self._write_and_hash, data, self._written + len(data), report)
+        # A job that ended without reporting failed: its error is the write's outcome.
+        job.add_done_callback(lambda job: _settle(written, None if job.cancelled() else job.exception()))
         try:
-            await asyncio.shield(job)
+            await asyncio.shield(written)
         except asyncio.CancelledError:
             # A thread cannot be stopped: let the write end before a cancel() can close the file under it (and its
             # descriptor be reused for another file meanwhile).
-            await asyncio.wait([job])
-            if not job.cancelled():
-                job.exception()  # retrieved: the write is abandoned either way
+            await asyncio.wait([written])
+            if not written.cancelled():
+                written.exception()  # retrieved: the write is abandoned either way
             raise
         except OSError as exc:
             raise StorageError(f"cannot write {self._digest} to the cache: {exc.strerror}") from exc
         self._written += len(data)
 
-    def _write_and_hash(self, data: bytes) -> None:
-        # Hashing here, in the worker thread, keeps it off the event loop (hashlib releases the GIL).
+    def _write_and_hash(self, data: bytes, end: int, report: Callable[[], None]) -> None:
+        """Write ``data`` (ending at ``end``), report that, then hash it: in a worker thread, off the event loop.
+
+        Reported before it is hashed, so that the next write is on its way while this one is hashed (os.write and
+        hashlib release the GIL) rather than after it: each hand-off between this thread and a busy event loop
+        takes milliseconds. A cold 200 MiB fill waited 0.43 s on its writes instead of 0.58 s (medians of 10,
+        measured at quiet moments of a shared 2-core machine). Only the commit needs the hash, and waits for it.
+        Whoever hashes holds the hash turn, taken before the report: the next write's bytes are hashed after these,
+        and at most one write's bytes wait to be hashed.
+        """
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
         # Whole blocks only: a block still being appended to would be written out twice.
-        start_writeback(self._fd, (self._written + len(data)) // _WRITEBACK_BLOCK * _WRITEBACK_BLOCK)
-        self._hasher.update(data)
+        start_writeback(self._fd, end // _WRITEBACK_BLOCK * _WRITEBACK_BLOCK)
+        assert self._hash_turn is not None
+        with self._hash_turn:
+            report()
+            self._hasher.update(data)
 
     def open_reader(self) -> BlobReader:
         if self._closed:
@@ -271,7 +296,7 @@ class FilesystemBlobWriter:
         if self._closed:
             raise StorageError("commit of a closed blob writer")
         try:
-            await asyncio.to_thread(os.fsync, self._fd)
+            await asyncio.to_thread(self._hashed_and_synced)
         except OSError as exc:
             await self.cancel()
             raise StorageError(f"cannot flush {self._digest} to disk: {exc.strerror}") from exc
@@ -292,6 +317,12 @@ class FilesystemBlobWriter:
             await self.cancel()
             raise StorageError(f"cannot commit {self._digest}: {exc.strerror}") from exc
         self._release_claim()  # after the rename: followers in other processes find the blob where it belongs
+
+    def _hashed_and_synced(self) -> None:
+        if self._hash_turn is not None:
+            with self._hash_turn:
+                pass  # the last write's bytes are hashed
+        os.fsync(self._fd)
 
     async def cancel(self) -> None:
         self._close_fd()
@@ -316,3 +347,12 @@ class FilesystemBlobWriter:
         if not self._closed:
             self._closed = True
             os.close(self._fd)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

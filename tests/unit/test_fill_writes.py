@@ -8,6 +8,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -105,9 +106,9 @@ def slow_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     go = threading.Event()
     original = FilesystemBlobWriter._write_and_hash
 
-    def held(self: FilesystemBlobWriter, data: bytes) -> None:
+    def held(self: FilesystemBlobWriter, data: bytes, *args: Any) -> None:
         go.wait(10)
-        original(self, data)
+        original(self, data, *args)
 
     monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", held)
     yield go

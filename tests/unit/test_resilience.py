@@ -6,6 +6,7 @@ import asyncio
 import errno
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -233,10 +234,10 @@ def disk_full_after_256k(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blob writes fail with ENOSPC once a blob has 256 KiB written."""
     original = FilesystemBlobWriter._write_and_hash
 
-    def full_after_256k(self: FilesystemBlobWriter, data: bytes) -> None:
+    def full_after_256k(self: FilesystemBlobWriter, data: bytes, *args: Any) -> None:
         if self.written + len(data) > 256 * 1024:
             raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, data)
+        original(self, data, *args)
 
     monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", full_after_256k)
 

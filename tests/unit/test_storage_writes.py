@@ -1,5 +1,5 @@
-"""FilesystemBlobWriter.write in a worker thread: cancelling the caller must not close the file under the thread; the
-file's writeback starts while it is written."""
+"""FilesystemBlobWriter.write in a worker thread: cancelling the caller must not close the file under the thread; a
+write is done once written, its bytes hashed after it, in order; the file's writeback starts while it is written."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from storage import blobs, writeback
 from storage.blobs import FilesystemBlobStore, FilesystemBlobWriter
-from storage.digest import Digest
+from storage.digest import Digest, Hasher
+from storage.paths import blob_path
 from storage.writeback import start_writeback
 
 MIB = 1024 * 1024
@@ -23,9 +25,9 @@ async def test_a_cancelled_write_waits_for_its_thread(tmp_path: Path, monkeypatc
     go = threading.Event()
     original = FilesystemBlobWriter._write_and_hash
 
-    def held(self: FilesystemBlobWriter, data: bytes) -> None:
+    def held(self: FilesystemBlobWriter, data: bytes, *args: Any) -> None:
         go.wait(10)
-        original(self, data)
+        original(self, data, *args)
 
     monkeypatch.setattr(FilesystemBlobWriter, "_write_and_hash", held)
     data = b"some bytes"
@@ -68,3 +70,61 @@ def test_starting_writeback_is_only_a_hint(tmp_path: Path) -> None:
         start_writeback(f.fileno(), MIB)
     if sys.platform == "linux":
         assert writeback._SYNC_FILE_RANGE is not None
+
+
+class HeldHasher:
+    """Hashes only once ``release`` is set."""
+
+    def __init__(self, inner: Hasher) -> None:
+        self.inner = inner
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def update(self, data: bytes) -> None:
+        self.started.set()
+        self.release.wait(10)
+        self.inner.update(data)
+
+    def digest(self) -> Digest:
+        return self.inner.digest()
+
+
+async def test_a_write_is_done_once_written_and_its_bytes_are_hashed_in_order(tmp_path: Path) -> None:
+    pieces = [b"a" * 1000, b"b" * 2000]
+    data = b"".join(pieces)
+    writer = await FilesystemBlobStore(tmp_path).create(Digest.of(data))
+    hasher = HeldHasher(writer._hasher)
+    writer._hasher = hasher  # type: ignore[assignment]
+    try:
+        # Done while its bytes still wait to be hashed: the next write need not wait for that.
+        await asyncio.wait_for(writer.write(pieces[0]), 5)
+        assert await asyncio.to_thread(hasher.started.wait, 5)
+        second = asyncio.create_task(writer.write(pieces[1]))
+        await asyncio.sleep(0.1)
+        # But not before the first write's bytes are hashed: no more than one write's bytes wait.
+        assert not second.done()
+        hasher.release.set()
+        await asyncio.wait_for(second, 5)
+        await writer.commit(len(data))  # the right digest: hashed whole and in order
+    finally:
+        hasher.release.set()
+        await writer.cancel()
+    assert (tmp_path / blob_path(Digest.of(data))).read_bytes() == data
+
+
+async def test_a_commit_waits_for_the_last_bytes_to_be_hashed(tmp_path: Path) -> None:
+    data = b"the last bytes"
+    writer = await FilesystemBlobStore(tmp_path).create(Digest.of(data))
+    hasher = HeldHasher(writer._hasher)
+    writer._hasher = hasher  # type: ignore[assignment]
+    try:
+        await asyncio.wait_for(writer.write(data), 5)
+        committing = asyncio.create_task(writer.commit(len(data)))
+        await asyncio.sleep(0.1)
+        assert not committing.done()
+        hasher.release.set()
+        await asyncio.wait_for(committing, 5)
+    finally:
+        hasher.release.set()
+        await writer.cancel()
+    assert (tmp_path / blob_path(Digest.of(data))).read_bytes() == data
