@@ -50,7 +50,10 @@ class FilesystemIndex:
         await write_atomic(path, _dump({"media_type": record.media_type, "size": record.size}))
 
     async def has_blob(self, registry: str, repository: str, digest: Digest) -> bool:
-        return await asyncio.to_thread(os.path.exists, self._root / blob_link_path(registry, repository, digest))
+        # On the event loop: one look-up of a small file's directory entry, as opening a cached blob does for every
+        # hit. A hop to a worker thread and back cost more: small cached blobs under wrk, 1 connection, went from
+        # ~2,000 to ~2,300 req/s without it.
+        return os.path.exists(self._root / blob_link_path(registry, repository, digest))
 
     async def link_blobs(self, registry: str, repository: str, digests: list[Digest]) -> None:
         paths = [self._root / blob_link_path(registry, repository, digest) for digest in digests]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -109,6 +110,21 @@ async def test_index_round_trip_and_damaged_entries(tmp_path: Path) -> None:
     assert (await index.get_tag("docker.io", "library/a", "latest")) == TagRecord(digest, "application/x", 1, 5.0)
     (tmp_path / tag_path("docker.io", "library/a", "latest")).write_text("{not json")
     assert await index.get_tag("docker.io", "library/a", "latest") is None
+
+
+async def test_blob_links_are_looked_up_without_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cache hit asks: a hop to a worker thread cost more than the look-up itself."""
+    index = FilesystemIndex(tmp_path)
+    digest = digest_of(b"layer")
+    await index.link_blobs("docker.io", "library/a", [digest])
+
+    def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the link check went to a worker thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    assert await index.has_blob("docker.io", "library/a", digest)
+    assert not await index.has_blob("docker.io", "library/b", digest)
+    assert not await index.has_blob("ghcr.io", "library/a", digest)
 
 
 async def test_cancelled_write_leaves_no_empty_directory(tmp_path: Path) -> None:
