@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,10 @@ from storage.paths import (
     tag_path,
     tags_dir,
 )
+from storage.records import MAX_RECORD_SIZE, dump_manifest, dump_tag, load_manifest, load_tag, parse
 from storage.references import is_registry, is_repository, is_tag
 
 __all__ = ["FilesystemIndex"]
-
-# Index entries are tiny; anything bigger is not ours and is treated as absent.
-_MAX_ENTRY_SIZE = 64 * 1024
 
 
 class FilesystemIndex:
@@ -37,17 +34,11 @@ class FilesystemIndex:
         self._root = root
 
     async def get_manifest(self, registry: str, repository: str, digest: Digest) -> ManifestRecord | None:
-        entry = await self._load(self._root / manifest_link_path(registry, repository, digest))
-        if entry is None:
-            return None
-        try:
-            return ManifestRecord(digest, str(entry["media_type"]), int(entry["size"]))
-        except (KeyError, TypeError, ValueError):
-            return None
+        return load_manifest(digest, await self._load(self._root / manifest_link_path(registry, repository, digest)))
 
     async def put_manifest(self, registry: str, repository: str, record: ManifestRecord) -> None:
         path = self._root / manifest_link_path(registry, repository, record.digest)
-        await write_atomic(path, _dump({"media_type": record.media_type, "size": record.size}))
+        await write_atomic(path, dump_manifest(record))
 
     async def has_blob(self, registry: str, repository: str, digest: Digest) -> bool:
         # On the event loop: one look-up of a small file's directory entry, as opening a cached blob does for every
@@ -86,10 +77,10 @@ class FilesystemIndex:
         return found
 
     async def get_tag(self, registry: str, repository: str, tag: str) -> TagRecord | None:
-        return _tag_record(await self._load(self._root / tag_path(registry, repository, tag)))
+        return load_tag(await self._load(self._root / tag_path(registry, repository, tag)))
 
     async def put_tag(self, registry: str, repository: str, tag: str, record: TagRecord) -> None:
-        await write_atomic(self._root / tag_path(registry, repository, tag), _dump_tag(record))
+        await write_atomic(self._root / tag_path(registry, repository, tag), dump_tag(record))
 
     async def list_tags(self, registry: str, repository: str) -> list[str]:
         return await asyncio.to_thread(self._list_tags, self._root / tags_dir(registry, repository))
@@ -103,10 +94,10 @@ class FilesystemIndex:
         return sorted(name for name in names if is_tag(name))
 
     async def get_referrers(self, registry: str, repository: str, subject: Digest) -> TagRecord | None:
-        return _tag_record(await self._load(self._root / referrers_path(registry, repository, subject)))
+        return load_tag(await self._load(self._root / referrers_path(registry, repository, subject)))
 
     async def put_referrers(self, registry: str, repository: str, subject: Digest, record: TagRecord) -> None:
-        await write_atomic(self._root / referrers_path(registry, repository, subject), _dump_tag(record))
+        await write_atomic(self._root / referrers_path(registry, repository, subject), dump_tag(record))
 
     async def list_repositories(self) -> list[tuple[str, str]]:
         return await asyncio.to_thread(self._list_repositories)
@@ -133,17 +124,11 @@ class FilesystemIndex:
     async def _load(self, path: Path) -> dict[str, Any] | None:
         try:
             async with aiofiles.open(path, "rb") as f:
-                data = await f.read(_MAX_ENTRY_SIZE + 1)
+                data = await f.read(MAX_RECORD_SIZE + 1)
         except OSError:
             # Missing, or unreadable: either way the index has no usable answer and the upstream is asked.
             return None
-        if len(data) > _MAX_ENTRY_SIZE:
-            return None
-        try:
-            entry = json.loads(data)
-        except ValueError:
-            return None
-        return entry if isinstance(entry, dict) else None
+        return parse(data)
 
 
 def _touch_all(paths: list[Path]) -> None:
@@ -152,32 +137,3 @@ def _touch_all(paths: list[Path]) -> None:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
-
-
-def _tag_record(entry: dict[str, Any] | None) -> TagRecord | None:
-    if entry is None:
-        return None
-    try:
-        return TagRecord(
-            Digest.parse(str(entry["digest"])),
-            str(entry["media_type"]),
-            int(entry["size"]),
-            float(entry["fetched_at"]),
-        )
-    except (KeyError, TypeError, ValueError, InvalidDigest):
-        return None
-
-
-def _dump_tag(record: TagRecord) -> bytes:
-    return _dump(
-        {
-            "digest": str(record.digest),
-            "media_type": record.media_type,
-            "size": record.size,
-            "fetched_at": record.fetched_at,
-        }
-    )
-
-
-def _dump(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True).encode()

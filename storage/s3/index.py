@@ -9,7 +9,6 @@ the upstream is asked instead. Writes raise :class:`StorageError`, which their c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Iterable
 from pathlib import PurePosixPath
@@ -27,6 +26,7 @@ from storage.paths import (
     tag_path,
     tags_dir,
 )
+from storage.records import MAX_RECORD_SIZE, dump_manifest, dump_tag, load_manifest, load_tag, parse
 from storage.references import is_registry, is_repository, is_tag
 from storage.s3.layout import index_key, repositories_prefix
 from storage.s3.objects import ObjectClient
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Index entries are tiny; anything bigger is not ours and is treated as absent (as on disk).
-_MAX_ENTRY_SIZE = 64 * 1024
 # Requests one call keeps in flight at once (linking a manifest's layers, walking the repositories).
 _CONCURRENCY = 16
 
@@ -52,17 +50,11 @@ class S3RepositoryIndex:
         return index_key(self._prefix, path)
 
     async def get_manifest(self, registry: str, repository: str, digest: Digest) -> ManifestRecord | None:
-        entry = await self._load(self._key(manifest_link_path(registry, repository, digest)))
-        if entry is None:
-            return None
-        try:
-            return ManifestRecord(digest, str(entry["media_type"]), int(entry["size"]))
-        except (KeyError, TypeError, ValueError):
-            return None
+        return load_manifest(digest, await self._load(self._key(manifest_link_path(registry, repository, digest))))
 
     async def put_manifest(self, registry: str, repository: str, record: ManifestRecord) -> None:
         key = self._key(manifest_link_path(registry, repository, record.digest))
-        await self._client.put(key, _dump({"media_type": record.media_type, "size": record.size}))
+        await self._client.put(key, dump_manifest(record))
 
     async def has_blob(self, registry: str, repository: str, digest: Digest) -> bool:
         key = self._key(blob_link_path(registry, repository, digest))
@@ -95,10 +87,10 @@ class S3RepositoryIndex:
         return sorted(found, key=str)
 
     async def get_tag(self, registry: str, repository: str, tag: str) -> TagRecord | None:
-        return _tag_record(await self._load(self._key(tag_path(registry, repository, tag))))
+        return load_tag(await self._load(self._key(tag_path(registry, repository, tag))))
 
     async def put_tag(self, registry: str, repository: str, tag: str, record: TagRecord) -> None:
-        await self._client.put(self._key(tag_path(registry, repository, tag)), _dump_tag(record))
+        await self._client.put(self._key(tag_path(registry, repository, tag)), dump_tag(record))
 
     async def list_tags(self, registry: str, repository: str) -> list[str]:
         directory = self._key(tags_dir(registry, repository)) + "/"
@@ -110,10 +102,10 @@ class S3RepositoryIndex:
         return sorted(name for name in names if is_tag(name))
 
     async def get_referrers(self, registry: str, repository: str, subject: Digest) -> TagRecord | None:
-        return _tag_record(await self._load(self._key(referrers_path(registry, repository, subject))))
+        return load_tag(await self._load(self._key(referrers_path(registry, repository, subject))))
 
     async def put_referrers(self, registry: str, repository: str, subject: Digest, record: TagRecord) -> None:
-        await self._client.put(self._key(referrers_path(registry, repository, subject)), _dump_tag(record))
+        await self._client.put(self._key(referrers_path(registry, repository, subject)), dump_tag(record))
 
     async def list_repositories(self) -> list[tuple[str, str]]:
         try:
@@ -148,7 +140,7 @@ class S3RepositoryIndex:
             if stream is None:
                 return None
             try:
-                if stream.size > _MAX_ENTRY_SIZE:
+                if stream.size > MAX_RECORD_SIZE:
                     return None
                 data = await stream.read(stream.size)
             finally:
@@ -157,11 +149,7 @@ class S3RepositoryIndex:
             # Unreadable is as good as missing: the index has no usable answer, and the upstream is asked.
             log.warning("cannot read %s: %s", key, exc)
             return None
-        try:
-            entry = json.loads(data)
-        except ValueError:
-            return None
-        return entry if isinstance(entry, dict) else None
+        return parse(data)
 
 
 async def _bounded(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -180,32 +168,3 @@ async def _bounded(calls: Iterable[Awaitable[T]]) -> list[T]:
             raise result
         done.append(result)
     return done
-
-
-def _tag_record(entry: dict[str, Any] | None) -> TagRecord | None:
-    if entry is None:
-        return None
-    try:
-        return TagRecord(
-            Digest.parse(str(entry["digest"])),
-            str(entry["media_type"]),
-            int(entry["size"]),
-            float(entry["fetched_at"]),
-        )
-    except (KeyError, TypeError, ValueError, InvalidDigest):
-        return None
-
-
-def _dump_tag(record: TagRecord) -> bytes:
-    return _dump(
-        {
-            "digest": str(record.digest),
-            "media_type": record.media_type,
-            "size": record.size,
-            "fetched_at": record.fetched_at,
-        }
-    )
-
-
-def _dump(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True).encode()

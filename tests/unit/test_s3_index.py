@@ -14,8 +14,8 @@ from storage.digest import Digest
 from storage.index import FilesystemIndex
 from storage.interfaces import ManifestRecord, RepositoryIndex, StorageError, TagRecord
 from storage.paths import blob_link_path, manifest_link_path, referrers_path, tag_path
+from storage.records import MAX_RECORD_SIZE
 from storage.s3 import S3RepositoryIndex, S3Settings
-from storage.s3.index import _MAX_ENTRY_SIZE
 from storage.s3.layout import index_key
 from storage.s3.objects import ObjectClient
 from tests.harness.seaweed import SeaweedS3
@@ -248,7 +248,7 @@ async def test_entries_that_are_not_ours_read_as_absent(index: S3RepositoryIndex
         index_key(prefix, tag_path(HUB, REPO, "torn")): b'{"digest": "sha256:',
         index_key(prefix, tag_path(HUB, REPO, "list")): b"[1, 2]",
         index_key(prefix, tag_path(HUB, REPO, "fields")): b'{"digest": "sha256:00", "size": "x"}',
-        index_key(prefix, tag_path(HUB, REPO, "big")): b" " * _MAX_ENTRY_SIZE + b"{}",
+        index_key(prefix, tag_path(HUB, REPO, "big")): b" " * MAX_RECORD_SIZE + b"{}",
         index_key(prefix, manifest_link_path(HUB, REPO, digest)): b'{"media_type": 3}',
     }
     for key, data in cases.items():
