@@ -9,7 +9,8 @@ announced. A separate file because the partial file's own ``flock`` is the read 
 Another process that misses the same blob finds the lock taken and follows the fill through the file system:
 the partial file's size is how far it got; the committed blob is the same inode under the final name (a commit
 is a rename); a partial file with no name left was dropped (wrong bytes); a lock that can be taken while neither
-happened means the filler died, and whoever claims next takes its bytes over (hashing them again) and resumes.
+happened means the filler died, and whoever claims next takes its bytes over (hashing them again) and resumes. A
+filler that holds its lock but makes no progress for STALL_LIMIT seconds is reported as failed.
 
 The filler releases the lock only after renaming or removing the partial file, and unlinks the lock file first,
 so a follower that finds the lock free has the final answer on disk; one that took the lock of a file already
@@ -22,14 +23,19 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from storage.files import FileReader
 from storage.interfaces import BlobReader, FillProgress, FillState, StorageError
 from storage.leases import lock_if_free, release_lock_file, same_file, take_read_lease
 
-__all__ = ["ClaimLock", "FilesystemForeignFill", "key_hash"]
+__all__ = ["STALL_LIMIT", "ClaimLock", "FilesystemForeignFill", "key_hash"]
 
+# A holder that keeps its lock but shows no progress for this long is stuck (a stopped process, a hung disk): the
+# fill is reported FAILED, so that its followers' clients get an error instead of waiting forever. A live holder's
+# upstream gives up long before (its read timeout); a dead one's lock is free at once.
+STALL_LIMIT = 120.0
 # The lock file holds the announced size as decimal, or this when the upstream did not say; empty before that.
 _UNKNOWN_SIZE = b"-"
 
@@ -85,6 +91,8 @@ class FilesystemForeignFill:
         self._partial_fd: int | None = None  # open (under a read lease) once the filler announced the size
         self._started = False
         self._size: int | None = None
+        self._seen: tuple[bool, int] = (False, 0)  # what the holder had shown, and since when (monotonic)
+        self._seen_at = time.monotonic()
 
     async def progress(self) -> FillProgress:
         # A few system calls, but on a network file system any of them can block: off the event loop.
@@ -109,7 +117,13 @@ class FilesystemForeignFill:
         # The lock first, the files second: the filler renames or removes before it unlocks, so once the lock is
         # free what is on disk is final.
         if not lock_if_free(self._lock_fd):
-            return self._report(FillState.RUNNING)
+            report = self._report(FillState.RUNNING)
+            now = time.monotonic()
+            if (report.started, report.written) != self._seen:
+                self._seen, self._seen_at = (report.started, report.written), now
+            elif now - self._seen_at > STALL_LIMIT:
+                return FillProgress(FillState.FAILED, report.started, report.size, report.written)
+            return report
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)  # not ours to keep: whoever claims next decides
         if self._committed():
             return self._report(FillState.COMMITTED)

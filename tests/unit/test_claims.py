@@ -6,6 +6,7 @@ conflict within one process too); a filler that dies is a real child process tha
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -179,3 +180,19 @@ async def test_sweep_leaves_a_running_fill_alone_and_removes_dead_ones(tmp_path:
     await running.write(BLOB[1000:])
     await running.commit(len(BLOB))
     assert leftovers(tmp_path) == []
+
+
+async def test_a_holder_that_stops_making_progress_is_reported_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped process keeps its lock: without a bound its followers' clients would wait forever.
+    monkeypatch.setattr("storage.claims.STALL_LIMIT", 0.5)
+    writer = await claim_writer(FilesystemBlobStore(tmp_path))
+    follower = await claim_follower(FilesystemBlobStore(tmp_path))
+    await writer.started(len(BLOB))
+    await writer.write(BLOB[:1000])
+    assert (await follower.progress()).state is FillState.RUNNING  # bytes moved since it last looked
+    await asyncio.sleep(0.6)
+    assert (await follower.progress()).state is FillState.FAILED  # none for longer than the limit
+    await follower.close()
+    await writer.cancel()
