@@ -102,7 +102,7 @@ class AccountedBlobWriter:
         self._reserved += size
         await self._ledger.reserve(size)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         await self.reserve(len(data))
         await self._inner.write(data)
 

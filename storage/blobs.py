@@ -239,7 +239,7 @@ class FilesystemBlobWriter:
             except OSError as exc:
                 raise StorageError(f"cannot write the claim of {self._digest}: {exc.strerror}") from exc
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         if self._closed:
             raise StorageError("write to a closed blob writer")
         loop = asyncio.get_running_loop()
@@ -266,7 +266,7 @@ class FilesystemBlobWriter:
             raise StorageError(f"cannot write {self._digest} to the cache: {exc.strerror}") from exc
         self._written += len(data)
 
-    def _write_and_hash(self, data: bytes, end: int, report: Callable[[], None]) -> None:
+    def _write_and_hash(self, data: bytes | memoryview, end: int, report: Callable[[], None]) -> None:
         """Write ``data`` (ending at ``end``), report that, then hash it: in a worker thread, off the event loop.
 
         Reported before it is hashed, so that the next write is on its way while this one is hashed (os.write and

@@ -57,7 +57,7 @@ class Hasher:
         self._algorithm = algorithm
         self._hash = hashlib.new(algorithm)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
 
     def digest(self) -> Digest:

@@ -114,7 +114,10 @@ class BlobWriter(Protocol):
         """The upstream answered with this size (None: it did not say): followers in other processes may read."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``. The memory under a view must not change afterwards: it may still be read (hashed) after
+        this returned."""
+        ...
 
     def open_reader(self) -> BlobReader:
         """A reader over the bytes written so far (for clients that tail a fill)."""

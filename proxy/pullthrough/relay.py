@@ -56,7 +56,7 @@ async def relay(download: BlobDownload, digest: Digest, hasher: Hasher, send_fro
     """
     pos = download.offset
     total = download.size
-    held = b""
+    held: bytes | memoryview = b""
     try:
         async for chunk in download.chunks():
             if not chunk:
@@ -69,12 +69,12 @@ async def relay(download: BlobDownload, digest: Digest, hasher: Hasher, send_fro
             if pos <= send_from:
                 continue
             if held:
-                yield held
+                yield bytes(held)
             held = chunk[max(0, send_from - first) :]
         if (total is not None and pos != total) or hasher.digest() != digest:
             raise FillFailed(f"relayed {digest} did not match its digest or size")
         if held:
-            yield held
+            yield bytes(held)  # a relay is the cache's fallback: the copy for the ASGI server, which wants bytes
     except DownloadInterrupted as exc:
         raise FillFailed(f"upstream connection broke while relaying {digest}: {exc}") from None
     finally:

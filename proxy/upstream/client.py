@@ -23,6 +23,7 @@ import httpx
 
 from proxy.errors import RegistryError
 from proxy.media_types import Accept, base_media_type
+from proxy.upstream.body import raw_body
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.events import NO_EVENTS, UpstreamEvents
 from proxy.upstream.failures import FailureLog, describe
@@ -101,9 +102,10 @@ class BlobDownload:
         self._finalizer = weakref.finalize(self, _dropped, lease)
         self._finalizer.atexit = False  # at exit there is no event loop, and nothing left to give back
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        """The body's bytes as they come: views of memory that is not reused, so they may be kept."""
         try:
-            async for chunk in self._lease.response.aiter_raw():
+            async for chunk in raw_body(self._lease.response):
                 if self._on_bytes is not None:
                     self._on_bytes(len(chunk))
                 yield chunk

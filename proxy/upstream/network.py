@@ -2,8 +2,13 @@
 
 httpcore's own backend (anyio) returns one protocol chunk per read, at most 64 KiB, and each read then costs a
 round through httpcore, h11 and anyio: about 170 µs of Python on the event loop, paid ~3,300 times for a 200 MiB
-blob (~12,800 times over TLS, one 16 KiB record per read). Here an asyncio protocol collects what the loop receives,
-and a read takes all of it (up to :data:`READ_CHUNK`), so a fast body arrives in a few hundred large pieces.
+blob (~12,800 times over TLS, one 16 KiB record per read). Here a protocol of ours (:mod:`proxy.upstream.receiver`)
+collects what the loop receives, and a read takes all of it (up to :data:`READ_CHUNK`), so a fast body arrives in a
+few hundred large pieces.
+
+A response's head is handed to httpcore alone, never with body bytes after it (:meth:`BufferedStream.read`). So when
+httpcore returns a response, h11 holds none of its body, and the body can be read past h11, straight from the
+connection into memory of ours (:meth:`BufferedStream.read_body`, used by :mod:`proxy.upstream.body`).
 
 Only public API is used: httpcore's :class:`httpcore.AsyncNetworkBackend`/:class:`httpcore.AsyncNetworkStream`
 interfaces and exceptions, and the event loop's transports (plain or ``loop.start_tls``). Memory stays bounded: a
@@ -13,151 +18,119 @@ connection stops reading from its socket while :data:`HIGH_WATER` bytes wait unr
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import httpcore
 
+from proxy.upstream.receiver import HIGH_WATER, READ_CHUNK, Receiver
+
 __all__ = ["HIGH_WATER", "READ_CHUNK", "BufferedBackend", "BufferedStream"]
 
-# The most one read returns. 256 KiB to 1 MiB read a 200 MiB body alike (~0.12 s here); 2 and 4 MiB were slower
-# (~0.3 s: every piece is copied several times in h11, and larger pieces fall out of the CPU's caches).
-READ_CHUNK = 1024 * 1024
-# Unread bytes at which a connection stops reading from its socket, and below which it starts again.
-HIGH_WATER = 2 * READ_CHUNK
-LOW_WATER = READ_CHUNK
 # Connecting to a host with several addresses: the next one is tried after this long (RFC 8305), as anyio does.
 _HAPPY_EYEBALLS_DELAY = 0.25
+# The end of a message's head, as h11 finds it: the first empty line, CRLF or bare LF.
+_HEAD_END = re.compile(b"\n\r?\n")
+# Bytes of a head looked through for its end; past this, the stream stops looking and never offers a body read.
+_HEAD_LIMIT = 64 * 1024
+# A body read waits for this many bytes, or for _BODY_PATIENCE seconds once some came: in large pieces, each a hop to
+# the cache writer's thread, but never holding back a slow upstream's bytes for long.
+_BODY_BATCH = 1024 * 1024
+_BODY_PATIENCE = 0.02
 
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
-
-
-class _Receiver(asyncio.Protocol):
-    """What one connection received and nobody read yet, and whether (and how) it ended."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
-        self.size = 0
-        self.eof = False
-        self.error: BaseException | None = None
-        self.lost = False
-        self.closed = False
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._writing_paused = False
-        self._drained: asyncio.Future[None] | None = None
-
-    # The transport's side.
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self._chunks.append(data)
-        self.size += len(data)
-        if self.size >= HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        self._wake()
-        return None  # close the transport: an HTTP/1.1 client has nothing to send once the server is done
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.error = exc
-        self._wake()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    # The stream's side.
-
-    def take(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes of what was received, at least one if anything was."""
-        parts = []
-        taken = 0
-        while self._chunks and taken + len(self._chunks[0]) <= limit:
-            chunk = self._chunks.popleft()
-            parts.append(chunk)
-            taken += len(chunk)
-        if not parts and self._chunks:
-            chunk = self._chunks.popleft()
-            parts.append(chunk[:limit])
-            self._chunks.appendleft(chunk[limit:])
-            taken = limit
-        self.size -= taken
-        if self._paused and self.size <= LOW_WATER and self.transport is not None and not self.transport.is_closing():
-            self._paused = False
-            self.transport.resume_reading()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def received(self) -> None:
-        """Wait until something was received, or the connection ended."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def drained(self) -> None:
-        """Wait until the transport takes writes again (or the connection ended)."""
-        if not self._writing_paused or self.lost:
-            return
-        self._drained = asyncio.get_running_loop().create_future()
-        try:
-            await self._drained
-        finally:
-            self._drained = None
 
 
 class BufferedStream(httpcore.AsyncNetworkStream):
     """One connection, plain or TLS, as httpcore reads and writes it."""
 
-    def __init__(self, transport: asyncio.Transport, receiver: _Receiver) -> None:
+    def __init__(self, transport: asyncio.Transport, receiver: Receiver) -> None:
         self._transport = transport
         self._receiver = receiver
+        # The head of the response to the last request written: bytes of it read so far (-1: not looking, past it
+        # or given up), and its last two bytes (an end split between two reads).
+        self._head_read = -1
+        self._head_tail = b""
+        self._at_body = False
+
+    @property
+    def at_body(self) -> bool:
+        """The last read ended exactly with a response's head: nothing of its body was read yet."""
+        return self._at_body
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        """Everything received so far, up to ``max(max_bytes, READ_CHUNK)``; waits only when nothing was.
+        """Everything received so far, up to ``max(max_bytes, READ_CHUNK)``; waits only when nothing was. A response's
+        head is returned without anything after it.
 
         More than ``max_bytes`` is fine for httpcore's HTTP/1.1, which feeds whatever it reads to h11: asking for
         64 KiB is only its way of saying how much it is ready for.
         """
         receiver = self._receiver
-        if receiver.closed:
-            raise httpcore.ReadError("read from a closed connection")
-        if not receiver.size and not receiver.eof and not receiver.lost:
-            try:
-                async with asyncio.timeout(timeout):
-                    await receiver.received()
-            except TimeoutError:
-                raise httpcore.ReadTimeout(f"nothing received for {timeout:g} s") from None
+        await self._wait(1, timeout)
+        self._at_body = False
         if receiver.size:
-            return receiver.take(max(max_bytes, READ_CHUNK))
+            data = receiver.take(max(max_bytes, READ_CHUNK))
+            return self._through_head(data) if self._head_read >= 0 else data
         if receiver.error is not None:
             raise httpcore.ReadError(_describe(receiver.error)) from receiver.error
         return b""  # the server closed the connection; h11 decides whether that cut a message short
+
+    async def read_body(self, max_bytes: int, timeout: float | None = None) -> bytes | memoryview:
+        """Up to ``max_bytes`` of a body, received straight into memory of ours (see :mod:`proxy.upstream.receiver`):
+        once :attr:`at_body` held, in place of httpcore's reads, which the connection is then closed without.
+
+        Waits for ``min(max_bytes, batch)`` bytes, or less once some came and no more did for ``patience`` seconds;
+        b"" when the connection ended.
+        """
+        receiver = self._receiver
+        receiver.start_body()
+        await self._wait(1, timeout)
+        want = min(max_bytes, _BODY_BATCH)
+        if receiver.size < want and not receiver.ended:
+            try:
+                async with asyncio.timeout(_BODY_PATIENCE):
+                    await receiver.received(want)
+            except TimeoutError:
+                pass  # a slow upstream: the cache gets what there is
+        if receiver.size:
+            return receiver.take_body(max_bytes)
+        if receiver.error is not None:
+            raise httpcore.ReadError(_describe(receiver.error)) from receiver.error
+        return b""
+
+    async def _wait(self, want: int, timeout: float | None) -> None:
+        receiver = self._receiver
+        if receiver.closed:
+            raise httpcore.ReadError("read from a closed connection")
+        if receiver.size < want and not receiver.ended:
+            try:
+                async with asyncio.timeout(timeout):
+                    await receiver.received(want)
+            except TimeoutError:
+                raise httpcore.ReadTimeout(f"nothing received for {timeout:g} s") from None
+
+    def _through_head(self, data: bytes) -> bytes:
+        """``data`` up to the end of the head it ends (the rest is put back), or all of it if the head goes on."""
+        tail = self._head_tail
+        room = _HEAD_LIMIT - self._head_read
+        window = tail + data[:room]
+        match = _HEAD_END.search(window)
+        if match is not None:
+            end = match.end() - len(tail)
+            self._receiver.unread(data[end:])
+            self._head_read = -1
+            self._at_body = True
+            return data[:end]
+        if len(data) >= room:
+            self._head_read = -1  # no head is this big: leave this response to httpcore alone
+        else:
+            self._head_read += len(data)
+            self._head_tail = window[-2:]
+        return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
@@ -165,6 +138,10 @@ class BufferedStream(httpcore.AsyncNetworkStream):
         receiver = self._receiver
         if receiver.closed or receiver.lost or self._transport.is_closing():
             raise httpcore.WriteError(_describe(receiver.error) if receiver.error else "the connection is closed")
+        # A new request: the next bytes read are its response's head.
+        self._head_read = 0
+        self._head_tail = b""
+        self._at_body = False
         self._transport.write(buffer)
         try:
             async with asyncio.timeout(timeout):
@@ -236,7 +213,7 @@ class BufferedBackend(httpcore.AsyncNetworkBackend):
             async with asyncio.timeout(timeout):
                 sock = await _connect(loop, host, port, local_address, options)
                 try:
-                    transport, receiver = await loop.create_connection(_Receiver, sock=sock)
+                    transport, receiver = await loop.create_connection(Receiver, sock=sock)
                 except BaseException:
                     sock.close()
                     raise

@@ -17,7 +17,7 @@ import httpx
 
 from proxy.upstream.network import BufferedBackend
 
-__all__ = ["PoolTransport", "upstream_transport"]
+__all__ = ["PoolTransport", "mapped_errors", "upstream_transport"]
 
 # Most specific first: the first match wins.
 _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
@@ -84,7 +84,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
-        with _mapped_errors():
+        with mapped_errors():
             response = await self._pool.handle_async_request(core_request)
         assert isinstance(response.stream, AsyncIterable)
         return httpx.Response(
@@ -103,7 +103,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped_errors():
+        with mapped_errors():
             async for part in self._stream:
                 yield part
 
@@ -114,7 +114,8 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 @contextmanager
-def _mapped_errors() -> Iterator[None]:
+def mapped_errors() -> Iterator[None]:
+    """httpcore's exceptions raised inside, as httpx's."""
     try:
         yield
     except Exception as exc:

@@ -288,7 +288,7 @@ class S3BlobWriter:
         if self._lease is not None:
             await self._lease.started(size)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         if self._closed:
             raise StorageError("write to a closed blob writer")
         job = asyncio.get_running_loop().run_in_executor(None, self._write_and_hash, data, self._written)
@@ -306,7 +306,7 @@ class S3BlobWriter:
         while self._written - self._uploaded >= self._part_size:
             await self._send_part(self._part_size)
 
-    def _write_and_hash(self, data: bytes, offset: int) -> None:
+    def _write_and_hash(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self._fd, view, offset)

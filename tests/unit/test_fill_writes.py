@@ -80,7 +80,9 @@ def make_app(tmp_path: Path, upstream: Upstream) -> Starlette:
 
 def test_a_write_takes_the_queued_chunks_up_to_the_write_size() -> None:
     big = _WRITE_SIZE + 1
-    chunks = deque([b"a" * 10, b"b" * 20, b"c" * big, b"d" * 5, b"e" * (_WRITE_SIZE - 5), b"f"])
+    chunks: deque[bytes | memoryview] = deque(
+        [b"a" * 10, b"b" * 20, b"c" * big, b"d" * 5, b"e" * (_WRITE_SIZE - 5), b"f"]
+    )
     writes = []
     for _ in range(10):  # bounded
         if not chunks:
