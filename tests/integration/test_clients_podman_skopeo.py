@@ -20,6 +20,7 @@ others are served from the cache. Each test has a podman store of its own, so ea
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,15 +225,23 @@ def podman(registries_conf: Path, tmp_path: Path) -> Iterator[Podman]:
 
 def assert_proxy_served(log: ProxyAccessLog, mark: int, item: Subject, route: Route) -> None:
     """The proxy's log since ``mark`` has the manifest as referenced, and a successful GET of every blob the client
-    needed, all under the name the route should give."""
-    requests = log.since(mark)
-    context = "\n".join(f"{r.method} {r.target} {r.status}" for r in requests)
+    needed, all under the name the route should give.
+
+    The proxy logs a request once its last byte was sent, which can be a moment after the client read it and exited:
+    the log is read again for up to 2 s until every line is there.
+    """
     name = item.proxy_name(route)
     manifest_path = f"/v2/{name}/manifests/{item.manifest_reference}"
-    assert any(_ok(r, manifest_path, ("GET", "HEAD")) for r in requests), f"no 200 for {manifest_path}:\n{context}"
-    for digest in item.blobs:
-        blob_path = f"/v2/{name}/blobs/{digest}"
-        assert any(_ok(r, blob_path, ("GET",)) for r in requests), f"no 200 GET {blob_path}:\n{context}"
+    blob_paths = [f"/v2/{name}/blobs/{digest}" for digest in item.blobs]
+    for _ in range(20):  # bounded: 20 x 0.1 s
+        requests = log.since(mark)
+        missing = [] if any(_ok(r, manifest_path, ("GET", "HEAD")) for r in requests) else [manifest_path]
+        missing += [path for path in blob_paths if not any(_ok(r, path, ("GET",)) for r in requests)]
+        if not missing:
+            return
+        time.sleep(0.1)
+    context = "\n".join(f"{r.method} {r.target} {r.status}" for r in requests)
+    raise AssertionError(f"no 200 for {', '.join(missing)}:\n{context}")
 
 
 def _ok(request: ProxyRequest, path: str, methods: tuple[str, ...]) -> bool:
