@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.authentication import AuthenticationError
@@ -128,6 +129,9 @@ def create_app(
             except OSError as exc:
                 # Still serve: pulls are relayed uncached, which beats failing every CI job.
                 log.error("cache root %s is not usable (%s); serving without caching", root, exc.strerror)
+            # httpcore's pool and starlette's streaming responses use anyio, which loads its backend for the running
+            # loop on first use: ~20 ms here, paid by the first pull after every start. Loaded now instead.
+            await anyio.sleep(0)
             origins = []
             for upstream in settings.upstreams:
                 remote = upstream_registry(upstream, transport, metrics)
