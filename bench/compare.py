@@ -6,10 +6,11 @@
 Starts on 127.0.0.1 a token issuer and a token-auth Distribution seeded with a single-layer image of --mib MiB
 and small images (the upstream), then the proxy, Distribution in proxy mode and nginx serving the big layer's
 file, and measures each scenario on each of them, --runs times (median): a cold blob through an empty cache
-(and straight from the upstream with a token), a warm blob on one connection, a cached manifest by tag and by
-digest under wrk (16 connections; req/s, p50/p99), 8 clients at once on one uncached blob (upstream GETs, wall
-time) and the peak RSS of the proxy's processes. Prints the figures and their ratios against the targets, and
-writes <out>/<date>.json and <out>/<date>.png. Every server it starts is stopped before it exits.
+(and straight from the upstream with a token), with the CPU time each server spent on it, a warm blob on one
+connection, a cached manifest by tag and by digest under wrk (16 connections; req/s, p50/p99), 8 clients at once
+on one uncached blob (upstream GETs, wall time, the server's CPU time) and the peak RSS of the proxy's processes.
+Prints the figures and their ratios against the targets, and writes <out>/<date>.json and <out>/<date>.png.
+Every server it starts is stopped before it exits.
 
 --quick (an 8 MiB blob, 1 s of wrk, one run) only shows that the benchmark works: its figures mean little.
 --only runs some scenarios (and judges only their targets): ``blobs`` the cold, herd and warm blob and the storage
@@ -83,7 +84,7 @@ def run(work: Path, settings: Settings, groups: Collection[str] = GROUPS) -> lis
         bench = Bench(upstream, work, settings, say)
         if "blobs" in groups:
             say("cold blob (a new, empty cache each run)...")
-            measured.append(cold_blob(bench))
+            measured += cold_blob(bench)
             say(f"{settings.herd_clients} clients on one uncached blob...")
             measured += herd(bench)
         say("warm servers: the proxy, Distribution's proxy, nginx...")

@@ -1,4 +1,4 @@
-"""Memory of a server and all its descendants, from /proc (Linux).
+"""Memory and CPU time of a server and all its descendants, from /proc (Linux).
 
 The proxy may run several worker processes (``[server] workers``): its footprint is the sum over the whole
 tree. Each process's peak (``VmHWM``) is summed, which overstates the footprint a little: the peaks need not
@@ -7,11 +7,20 @@ have coincided, and forked workers share pages that each one counts.
 
 from __future__ import annotations
 
+import resource
 import subprocess
+import time
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["descendants", "peak_rss_bytes", "server_pid"]
+__all__ = [
+    "children_cpu_seconds",
+    "cpu_seconds",
+    "descendants",
+    "peak_rss_bytes",
+    "server_pid",
+    "settled_cpu_seconds",
+]
 
 PROC = Path("/proc")
 # A bound on the walk, far above any server's process count, so a /proc oddity cannot make it run away.
@@ -52,6 +61,44 @@ def peak_rss_bytes(pid: int) -> int:
     for member in descendants(pid):
         total += _status_kib(PROC / str(member) / "status", "VmHWM") * 1024
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its descendants, every thread alive now, in nanoseconds' resolution (the scheduler's
+    own count, /proc/<pid>/task/<tid>/schedstat: utime and stime tick only every 10 ms). Threads that ended are not
+    in it."""
+    nanoseconds = 0
+    for member in descendants(pid):
+        try:
+            tasks = list((PROC / str(member) / "task").iterdir())
+        except OSError:
+            continue  # exited meanwhile
+        for task in tasks:
+            try:
+                nanoseconds += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return nanoseconds / 1e9
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of every child this process started and waited for (the benchmark's clients: curl, openssl)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def settled_cpu_seconds(pid: int, *, quiet: float = 0.2, limit: float = 3.0) -> float:
+    """:func:`cpu_seconds` once the tree stopped using CPU for ``quiet`` seconds (or after ``limit``): a server may
+    still be writing its cache after the client has its bytes, and that counts too."""
+    last = cpu_seconds(pid)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def _parent(entry: Path) -> int | None:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import httpx
 
+from bench.anchors import DistributionProxy
 from bench.clients import ClientName, Download, DownloadFunction, download_client, download_together
 from bench.figures import DISTRIBUTION, NGINX, PROXY, UPSTREAM, Measured
-from bench.processes import peak_rss_bytes, server_pid
+from bench.processes import children_cpu_seconds, peak_rss_bytes, server_pid, settled_cpu_seconds
 from bench.servers import WarmServers, fresh_distribution, fresh_proxy, fresh_server
 from bench.upstream import SeededUpstream
 from bench.wrk import WrkResult, run_wrk
 from tests.harness.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from tests.harness.proxy_server import ProxyServer
 
 __all__ = [
     "Bench",
@@ -75,21 +77,61 @@ class Bench:
         return self.settings.big_layer_mib
 
 
-def cold_blob(bench: Bench) -> Measured:
+def cold_blob(bench: Bench) -> list[Measured]:
     """One client downloads the big layer through an empty cache (a new server each run), and straight from the
-    upstream with a token."""
+    upstream with a token: the time, and the CPU time each server (with all its processes) spent on it.
+
+    On a machine whose cores the client, the upstream and the server share, the time is bound by the CPU all three
+    need; the CPU time is each server's own share of it, a figure the number of cores does not change.
+    """
     upstream = bench.upstream
     path, digest = upstream.big_layer_path, upstream.big.layers[0].digest
     runs: dict[str, list[float]] = {UPSTREAM: [], PROXY: [], DISTRIBUTION: []}
+    cpu: dict[str, list[float]] = {UPSTREAM: [], PROXY: [], DISTRIBUTION: []}
+    clients_cpu: dict[str, list[float]] = {UPSTREAM: [], PROXY: [], DISTRIBUTION: []}
+    upstream_pid = server_pid(upstream.registry)
     for n in range(bench.settings.runs):
         token = upstream.token(upstream.big.repository)
+        before, clients_before = settled_cpu_seconds(upstream_pid), children_cpu_seconds()
         runs[UPSTREAM].append(_checked(bench.download(upstream.registry.url + path, token=token), digest).seconds)
+        cpu[UPSTREAM].append(settled_cpu_seconds(upstream_pid) - before)
+        clients_cpu[UPSTREAM].append(children_cpu_seconds() - clients_before)
         with fresh_proxy(upstream, bench.work / f"cold-proxy-{n}") as proxy:
-            runs[PROXY].append(_checked(bench.download(proxy.url + path), digest).seconds)
+            runs[PROXY].append(_timed_cpu(bench, proxy, path, digest, cpu[PROXY], clients_cpu[PROXY]))
         with fresh_distribution(upstream, bench.work / f"cold-distribution-{n}") as distribution:
-            runs[DISTRIBUTION].append(_checked(bench.download(distribution.url + path), digest).seconds)
-        bench.say(f"  cold blob, run {n + 1}: " + _seconds(runs, n))
-    return Measured("cold_blob", f"cold {bench.mib} MiB blob, one client", "s", runs)
+            runs[DISTRIBUTION].append(
+                _timed_cpu(bench, distribution, path, digest, cpu[DISTRIBUTION], clients_cpu[DISTRIBUTION])
+            )
+        bench.say(f"  cold blob, run {n + 1}: " + _seconds(runs, n) + "; CPU time " + _seconds(cpu, n))
+    return [
+        Measured("cold_blob", f"cold {bench.mib} MiB blob, one client", "s", runs),
+        Measured(
+            "cold_blob_cpu",
+            f"cold {bench.mib} MiB blob, CPU time of the server",
+            "s",
+            cpu,
+            details={"CPU time of the client (curl | openssl), s, per run": clients_cpu},
+        ),
+    ]
+
+
+def _timed_cpu(
+    bench: Bench,
+    server: ProxyServer | DistributionProxy,
+    path: str,
+    digest: str,
+    cpu: list[float],
+    clients_cpu: list[float],
+) -> float:
+    """The seconds one client took to download ``path`` from ``server``; the server's CPU time for it goes to
+    ``cpu`` (the upstream's is not in it: each server asks the same upstream the same way), the client's to
+    ``clients_cpu``."""
+    pid = server_pid(server)
+    before, clients_before = settled_cpu_seconds(pid), children_cpu_seconds()
+    seconds = _checked(bench.download(server.url + path), digest).seconds
+    cpu.append(settled_cpu_seconds(pid) - before)
+    clients_cpu.append(children_cpu_seconds() - clients_before)
+    return seconds
 
 
 def herd(bench: Bench) -> list[Measured]:
@@ -107,6 +149,8 @@ def herd(bench: Bench) -> list[Measured]:
     size = upstream.big.layers[0].size
     singles: dict[str, list[float]] = {PROXY: [], DISTRIBUTION: []}
     walls: dict[str, list[float]] = {PROXY: [], DISTRIBUTION: []}
+    cpu: dict[str, list[float]] = {PROXY: [], DISTRIBUTION: []}
+    clients_cpu: dict[str, list[float]] = {PROXY: [], DISTRIBUTION: []}
     gets: dict[str, list[float]] = {PROXY: [], DISTRIBUTION: []}
     statuses: dict[str, list[list[int]]] = {PROXY: [], DISTRIBUTION: []}
     for n in range(settings.runs):
@@ -119,7 +163,11 @@ def herd(bench: Bench) -> list[Measured]:
             with fresh_server(subject, upstream, bench.work / f"herd-{subject}-{n}") as server:
                 upstream.registry.wait_quiet()
                 mark = upstream.registry.mark()
+                pid = server_pid(server)
+                cpu_before, clients_before = settled_cpu_seconds(pid), children_cpu_seconds()
                 crowd = download_together(server.url + path, settings.herd_clients, bench.download, hash_body=False)
+                cpu[subject].append(settled_cpu_seconds(pid) - cpu_before)
+                clients_cpu[subject].append(children_cpu_seconds() - clients_before)
                 if crowd.errors or any(d.size != size for d in crowd.downloads):
                     raise BenchError(f"{subject}: {settings.herd_clients} clients on one blob: {crowd.errors}")
                 run_statuses = upstream.gets_since(mark, path)
@@ -135,6 +183,13 @@ def herd(bench: Bench) -> list[Measured]:
     return [
         Measured("herd_single", f"one client alone on an uncached blob (as the {clients})", "s", singles),
         Measured("herd_wall", f"{clients} clients on one uncached blob, wall", "s", walls),
+        Measured(
+            "herd_cpu",
+            f"{clients} clients on one uncached blob, CPU time of the server",
+            "s",
+            cpu,
+            details={"CPU time of the clients (curl), s, per run": clients_cpu},
+        ),
         Measured(
             "herd_gets",
             f"{clients} clients on one uncached blob, upstream GETs",

@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 240
 SCENARIOS = {
     "cold_blob": {"proxy", "distribution", "upstream"},
+    "cold_blob_cpu": {"proxy", "distribution", "upstream"},
     "herd_single": {"proxy", "distribution"},
     "herd_wall": {"proxy", "distribution"},
+    "herd_cpu": {"proxy", "distribution"},
     "herd_gets": {"proxy", "distribution"},
     "warm_blob": {"proxy", "distribution", "nginx"},
     **{

@@ -21,7 +21,7 @@ import pytest
 
 from bench.clients import DownloadError, curl_download, download_together, socket_download
 from bench.figures import DISTRIBUTION, NGINX, PROXY, UPSTREAM, Measured
-from bench.processes import descendants, peak_rss_bytes
+from bench.processes import cpu_seconds, descendants, peak_rss_bytes, settled_cpu_seconds
 from bench.report import format_figure, result_paths
 from bench.targets import Target, evaluate
 from bench.wrk import WrkError, parse_wrk
@@ -163,6 +163,26 @@ def test_clients_together_report_each_outcome(blob_server: str):
     assert [d.size for d in crowd.downloads] == [len(BODY)] * 3 and not crowd.errors
     assert crowd.seconds >= max(d.seconds for d in crowd.downloads)
     assert not failed.downloads and len(failed.errors) == 2
+
+
+def test_cpu_time_counts_the_busy_threads_of_the_whole_tree_and_settles_when_they_stop():
+    # A parent that sleeps, and a child whose second thread spins for 0.3 s of CPU, then sleeps (a thread that ended
+    # is not counted: the servers measured keep theirs, a pool's or Go's).
+    spin = "import time\nt = time.thread_time()\nwhile time.thread_time() - t < 0.3: pass\ntime.sleep(30)"
+    child = f"import threading, time; threading.Thread(target=exec, args=({spin!r},)).start(); time.sleep(30)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"
+    process = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        before = cpu_seconds(process.pid)
+        settled = settled_cpu_seconds(process.pid, quiet=0.5, limit=10)
+        assert len(descendants(process.pid)) == 2
+        assert settled - before >= 0.25  # the spinning thread, in a child: counted
+        assert cpu_seconds(process.pid) - settled < 0.1  # and nothing much after it stopped
+    finally:
+        for pid in reversed(descendants(process.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        process.wait(timeout=10)
 
 
 def test_peak_rss_sums_the_whole_process_tree():
