@@ -2,9 +2,9 @@
 
 Through httpcore each byte of a body is copied four times in user space before the cache gets it (the loop's
 bytes, h11's receive buffer, the piece h11 cuts from it, httpcore's ``bytes()`` of that), and a 200 MiB fill spent
-~30% of the event loop's time in those copies. Here the connection's receiver puts the body into fresh 1 MiB
-segments and hands them on as views (:meth:`proxy.upstream.network.BufferedStream.read_body`): the kernel's copy is
-the only one before the cache writes and hashes them.
+~30% of the event loop's time in those copies. Here the connection's receiver puts the body into fresh segments
+(64 KiB growing to 1 MiB) and hands them on as views (:meth:`proxy.upstream.network.BufferedStream.read_body`):
+the kernel's copy is the only one before the cache writes and hashes them.
 
 It applies only where it is sure to read the same bytes httpcore would have: an HTTP/1.1 response from our own
 network backend, with a ``Content-Length`` and no ``Transfer-Encoding``, whose connection read its head and nothing

@@ -6,7 +6,7 @@ memory of ours. It has two modes:
 - **messages** (the default): each receive lands in a scratch buffer and is kept as ``bytes``, as the loop itself would
   hand them to a plain protocol; httpcore reads those (:meth:`Receiver.take`).
 - **body** (:meth:`Receiver.start_body`, one way): the rest of a large response body is received straight into
-  *segments*, fresh 1 MiB buffers that are never reused, and handed out as read-only views of them
+  *segments*, fresh buffers that are never reused, and handed out as read-only views of them
   (:meth:`Receiver.take_body`). No byte is copied between the kernel and the cache writer, and a view stays valid for
   as long as whoever holds it needs it.
 
@@ -29,8 +29,11 @@ HIGH_WATER = 2 * READ_CHUNK
 LOW_WATER = READ_CHUNK
 # One receive in message mode, at most: the loop's own buffer is this size too (uvloop's and asyncio's).
 _SCRATCH = 256 * 1024
-# A body segment: what one view handed out holds at most. See the figures in proxy.upstream.body.
+# A body segment: what one view handed out holds at most. The first is _FIRST_SEGMENT; each one filled doubles the
+# next, up to SEGMENT: a fast body is soon received in 1 MiB pieces, and an upstream that trickles holds a few KiB of
+# memory, not a megabyte per connection.
 SEGMENT = 1024 * 1024
+_FIRST_SEGMENT = 64 * 1024
 
 
 class Receiver(asyncio.BufferedProtocol):
@@ -46,6 +49,7 @@ class Receiver(asyncio.BufferedProtocol):
         self._scratch = memoryview(bytearray(_SCRATCH))
         self._body = False
         self._segment = memoryview(b"")  # the segment being received into (body mode)
+        self._segment_size = _FIRST_SEGMENT  # of the next one
         self._filled = 0  # its bytes received
         self._taken = 0  # its bytes handed out
         self._paused = False
@@ -66,7 +70,8 @@ class Receiver(asyncio.BufferedProtocol):
         if self._filled == len(self._segment):
             if self._taken < self._filled:
                 self._chunks.append(self._segment[self._taken : self._filled].toreadonly())
-            self._segment = memoryview(bytearray(SEGMENT))
+            self._segment = memoryview(bytearray(self._segment_size))
+            self._segment_size = min(2 * self._segment_size, SEGMENT)
             self._filled = self._taken = 0
         return self._segment[self._filled :]
 

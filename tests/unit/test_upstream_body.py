@@ -247,13 +247,18 @@ def test_a_body_cut_short_is_the_error_httpx_would_raise(
         run(loop_kind, test)
 
 
-def test_a_body_that_stalls_is_a_read_timeout(direct_from_1_byte: None) -> None:
+def test_a_body_that_stalls_is_a_read_timeout_and_holds_little_memory_meanwhile(direct_from_1_byte: None) -> None:
     async def test() -> None:
         async with client(timeout=0.3) as http, http.stream("GET", f"http://127.0.0.1:{port}/") as response:
+            stream = response.extensions["network_stream"]
+            assert isinstance(stream, BufferedStream)
             with pytest.raises(httpx.ReadTimeout):
                 await read_all(response)
+            # A trickle is received into a small first segment, not a megabyte per connection.
+            assert len(stream._receiver._segment) <= 64 * 1024
 
-    with raw_server(respond([head(len(BODY)) + BODY[:1000]])) as port:
+    # The head first, then a little of the body once the client is reading it directly, then nothing.
+    with raw_server(respond([head(len(BODY)), BODY[:1000]], pause=0.1)) as port:
         run("uvloop", test)
 
 
@@ -269,12 +274,15 @@ def test_a_slow_reader_stops_the_connection_reading_at_the_high_water_mark(
             assert isinstance(stream, BufferedStream)
             received = bytearray()
             peak = 0
+            largest = 0
             async for piece in raw_body(response):
                 received += piece
+                largest = max(largest, len(piece))
                 await asyncio.sleep(0.01)  # a slow cache: the socket must not be drained into memory meanwhile
                 peak = max(peak, stream._receiver.size)
             assert received == big
             assert peak <= HIGH_WATER + SEGMENT
+            assert largest == SEGMENT  # segments grew to their full size, and no piece is bigger
 
     with raw_server(respond([head(len(big)) + big])) as port:
         run(loop_kind, test)
