@@ -21,6 +21,7 @@ import pytest
 
 from bench.clients import DownloadError, curl_download, download_together, socket_download
 from bench.figures import DISTRIBUTION, NGINX, PROXY, UPSTREAM, Measured
+from bench.loopback_send import SENDERS, measure
 from bench.processes import cpu_seconds, descendants, peak_rss_bytes, settled_cpu_seconds
 from bench.report import format_figure, result_paths
 from bench.targets import Target, evaluate
@@ -206,3 +207,13 @@ def test_peak_rss_sums_the_whole_process_tree():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("way", sorted(SENDERS))
+def test_each_way_of_sending_a_file_on_loopback_delivers_it_whole(way: str, tmp_path: Path):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (./scripts/test installs it)")
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # not a multiple of any step the senders take
+    rates = measure(path, SENDERS[way], runs=2)  # measure() checks curl got every byte
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
