@@ -146,7 +146,9 @@ class SeaweedS3:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                # weed (4.48) answers neither SIGTERM nor SIGINT within 10 s; its data is a throwaway directory, so
+                # after a moment's grace it is killed (waiting cost every test session 10 s).
+                process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
