@@ -70,7 +70,7 @@ class BufferedStream(httpcore.AsyncNetworkStream):
         64 KiB is only its way of saying how much it is ready for.
         """
         receiver = self._receiver
-        await self._wait(1, timeout)
+        await self._received(timeout)
         self._at_body = False
         if receiver.size:
             data = receiver.take(max(max_bytes, READ_CHUNK))
@@ -88,7 +88,7 @@ class BufferedStream(httpcore.AsyncNetworkStream):
         """
         receiver = self._receiver
         receiver.start_body()
-        await self._wait(1, timeout)
+        await self._received(timeout)
         want = min(max_bytes, _BODY_BATCH)
         if receiver.size < want and not receiver.ended:
             try:
@@ -102,14 +102,15 @@ class BufferedStream(httpcore.AsyncNetworkStream):
             raise httpcore.ReadError(_describe(receiver.error)) from receiver.error
         return b""
 
-    async def _wait(self, want: int, timeout: float | None) -> None:
+    async def _received(self, timeout: float | None) -> None:
+        """Wait until something was received or the connection ended; ReadTimeout after ``timeout`` seconds."""
         receiver = self._receiver
         if receiver.closed:
             raise httpcore.ReadError("read from a closed connection")
-        if receiver.size < want and not receiver.ended:
+        if not receiver.size and not receiver.ended:
             try:
                 async with asyncio.timeout(timeout):
-                    await receiver.received(want)
+                    await receiver.received()
             except TimeoutError:
                 raise httpcore.ReadTimeout(f"nothing received for {timeout:g} s") from None
 

@@ -69,6 +69,18 @@ async def read_all(response: httpx.Response) -> tuple[bytes, set[type]]:
     return bytes(received), kinds
 
 
+async def get_twice(port: int) -> list[set[type]]:
+    """GET /length twice on one client; each body must be BODY. The types of each one's pieces (see read_all)."""
+    kinds = []
+    async with client() as http:
+        for _ in range(2):
+            async with http.stream("GET", f"http://127.0.0.1:{port}/length") as response:
+                received, pieces = await read_all(response)
+            assert received == BODY
+            kinds.append(pieces)
+    return kinds
+
+
 @pytest.fixture
 def direct_from_1_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every body with a length is read directly (the real threshold needs bodies of 8 MiB and more)."""
@@ -90,12 +102,8 @@ def test_a_large_body_is_read_directly_whole_and_its_connection_is_not_reused(
     app: App, loop_kind: str, direct_from_1_byte: None
 ) -> None:
     async def test() -> None:
-        async with client() as http:
-            for _ in range(2):
-                async with http.stream("GET", f"http://127.0.0.1:{port}/length") as response:
-                    received, kinds = await read_all(response)
-                assert received == BODY
-                assert memoryview in kinds  # only a direct read yields views (bytes received with the head come first)
+        for kinds in await get_twice(port):
+            assert memoryview in kinds  # only a direct read yields views (bytes received with the head come first)
 
     with serving(app, loop_kind) as port:
         run(loop_kind, test)
@@ -122,12 +130,7 @@ def test_a_body_under_the_threshold_goes_through_httpx_and_keeps_its_connection(
     assert len(BODY) < body.DIRECT_MIN
 
     async def test() -> None:
-        async with client() as http:
-            for _ in range(2):
-                async with http.stream("GET", f"http://127.0.0.1:{port}/length") as response:
-                    received, kinds = await read_all(response)
-                assert received == BODY
-                assert kinds == {bytes}
+        assert await get_twice(port) == [{bytes}, {bytes}]
 
     with serving(app, loop_kind) as port:
         run(loop_kind, test)
